@@ -1,0 +1,1 @@
+"""The cluster: coordinator, catalog, placement, metrics and the CLI."""

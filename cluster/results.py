@@ -1,0 +1,154 @@
+"""What a finished run leaves behind: summary, time series, table.
+
+A results directory holds ``scenario.toml`` (the resolved scenario, every
+default explicit), ``summary.json`` (per host and for the cluster) and
+``timeseries.csv`` (one row per host and per tick, plus a ``cluster`` row
+per tick). It is written into a temporary sibling and renamed into place
+at the end, so a failed run never leaves a half-written directory.
+
+``summary.json`` holds only simulated quantities: the same scenario and
+seed give the same file byte for byte. Wall time goes to the terminal.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from cluster.coordinator import RunResult, cluster_row
+from cluster.scenario import dump_scenario
+from dedup.errors import CowsimError
+from dedup.hints import OUTCOMES, SOURCES
+from node.host import FAULT_KINDS
+
+_FIELDS = (
+    "guests_paused",
+    "guest_bytes",
+    "machine_bytes",
+    "machine_bytes_used",
+    "saved_bytes",
+    "potential_bytes",
+    "shared_frames",
+    "sharing_mappings",
+    "cow_faults",
+    "bytes_copied",
+    "bytes_compared",
+    "hypercalls",
+)
+
+
+def _entry(sample: dict) -> dict:
+    out = {key: sample[key] for key in _FIELDS}
+    potential = sample["potential_bytes"]
+    out["found_fraction"] = (
+        round(sample["saved_bytes"] / potential, 6) if potential else 1.0
+    )
+    out["saved_by_source_bytes"] = {
+        s: sample[f"saved_{s}_bytes"] for s in SOURCES
+    }
+    out["cow_faults_by_kind"] = {k: sample[f"faults_{k}"] for k in FAULT_KINDS}
+    out["hints"] = {
+        s: {o: sample[f"hints_{s}_{o}"] for o in OUTCOMES} for s in SOURCES
+    }
+    return out
+
+
+def summarize(result: RunResult) -> dict:
+    """The content of ``summary.json``."""
+    s = result.scenario
+    by_host = {sample["host"]: sample for sample in result.final}
+    hosts = []
+    for host in s.hosts:
+        entry = {"name": host.name}
+        entry["guests"] = [
+            g.name for g in s.guests if result.placement[g.name] == host.name
+        ]
+        entry.update(_entry(by_host[host.name]))
+        hosts.append(entry)
+    cluster = _entry(cluster_row(result.final))
+    cluster["hosts"] = len(s.hosts)
+    cluster["guests"] = len(s.guests)
+    return {
+        "scenario": s.name,
+        "seed": s.seed,
+        "ticks": s.ticks,
+        "sim_time_seconds": s.ticks * s.tick_seconds,
+        "cluster": cluster,
+        "hosts": hosts,
+        "images": result.images,
+        "catalog": result.catalog.to_dict(),
+        "events": result.events,
+    }
+
+
+def write_results(result: RunResult, directory: Path) -> dict:
+    """Write the results directory atomically; return the summary."""
+    directory = Path(directory)
+    summary = summarize(result)
+    parent = directory.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=parent))
+    try:
+        (tmp / "scenario.toml").write_text(dump_scenario(result.scenario))
+        (tmp / "summary.json").write_text(
+            json.dumps(summary, indent=2) + "\n"
+        )
+        _write_csv(tmp / "timeseries.csv", result.series)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def check_results_dir(directory: Path) -> None:
+    """Refuse a results directory that exists and is not empty."""
+    directory = Path(directory)
+    if directory.exists() and (
+        not directory.is_dir() or any(directory.iterdir())
+    ):
+        raise CowsimError(
+            f"--results {directory}: exists and is not an empty directory"
+        )
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f}"
+
+
+def format_table(summary: dict) -> str:
+    """The end-of-run table: one line per host and one for the cluster."""
+    head = (
+        f"{'host':<12} {'guests':>6} {'guest MiB':>10} {'used MiB':>10} "
+        f"{'saved MiB':>10} {'potential':>10} {'found':>6} {'faults':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    rows = [(h["name"], len(h["guests"]), h) for h in summary["hosts"]]
+    c = summary["cluster"]
+    rows.append(("cluster", c["guests"], c))
+    for i, (name, n_guests, e) in enumerate(rows):
+        if i == len(rows) - 1:
+            lines.append("-" * len(head))
+        lines.append(
+            f"{name:<12} {n_guests:>6} {_mib(e['guest_bytes']):>10} "
+            f"{_mib(e['machine_bytes_used']):>10} "
+            f"{_mib(e['saved_bytes']):>10} "
+            f"{_mib(e['potential_bytes']):>10} "
+            f"{100 * e['found_fraction']:>5.1f}% {e['cow_faults']:>9,}"
+        )
+    by_source = ", ".join(
+        f"{s} {_mib(v)} MiB" for s, v in c["saved_by_source_bytes"].items()
+    )
+    lines.append(f"saved by source: {by_source}")
+    return "\n".join(lines)

@@ -1,0 +1,266 @@
+"""A guest domain and its workload.
+
+What a guest's memory holds:
+
+- page cache: blocks of its disk, read on demand. The disk is a
+  copy-on-write overlay of a base image: a block never written reads the
+  base image's content and the read emits a disk hint; a written block
+  reads content of its own and emits nothing;
+- shared libraries: mapping a library reads its blocks into the page cache
+  (as an mmap of a file does) and emits one library hint per page;
+- anonymous memory: allocated logically zero, written with content unique
+  to the guest, freed and scrubbed back to logically zero. A PV guest
+  reports the pages it scrubs (and, at boot, its untouched memory) as zero.
+
+Data structures, one numpy entry per GFN or per disk block:
+``role`` (free, page cache or anonymous), ``age`` (when a cache page was
+filled, for eviction), ``cache_block`` (the block a cache GFN holds),
+``block_gfn`` (where a block is cached, -1 if not) and ``modified`` (the
+block was written through the overlay). Free GFNs form a stack.
+
+HVM guests run unmodified: the device model in dom0 still sees their disk
+reads, so they emit disk hints, but they map libraries and scrub pages
+without telling anyone. Only their untouched memory at boot is reported,
+by the domain builder.
+
+Not modelled: the guest kernel's own pages, swap, and the access pattern
+of real programs; reads and writes pick blocks and pages uniformly at
+random, which makes the page cache colder than a real one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from dedup.content import ZERO_CONTENT
+from dedup.hints import (
+    DISK,
+    LIBRARY,
+    ZERO,
+    ZERO_KEY,
+    HintBatch,
+    disk_keys,
+    library_keys,
+)
+from dedup.image import Image
+
+R_FREE, R_CACHE, R_ANON = 0, 1, 2
+
+# write(domid, gfns, contents) -> mask of the writes that were done
+Writer = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+ContentSource = Callable[[int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    """What the host needs to boot and run one guest."""
+
+    name: str
+    index: int
+    image: str
+    pages: int
+    kind: str = "pv"
+    boot_read_fraction: float = 0.5
+    map_libraries: bool = True
+    read_pages_per_tick: int = 64
+    disk_write_pages_per_tick: int = 8
+    anon_write_pages_per_tick: int = 128
+    free_pages_per_tick: int = 32
+
+
+class Guest:
+    """One domain: its workload state and the hints it emits."""
+
+    def __init__(
+        self,
+        domid: int,
+        config: GuestConfig,
+        image: Image,
+        image_uid: int,
+        seed: int,
+    ) -> None:
+        self.domid = domid
+        self.config = config
+        self.image = image
+        self.image_uid = image_uid
+        self.rng = np.random.default_rng([seed, config.index])
+        n = config.pages
+        self.role = np.zeros(n, dtype=np.int8)
+        self.age = np.zeros(n, dtype=np.int64)
+        self.cache_block = np.full(n, -1, dtype=np.int64)
+        self.block_gfn = np.full(image.n_blocks, -1, dtype=np.int64)
+        self.modified = np.zeros(image.n_blocks, dtype=bool)
+        self._free = np.arange(n - 1, -1, -1, dtype=np.int64)
+        self._n_free = n
+        self._clock = 0
+        self.paused = False
+        self.hints: list[HintBatch] = []
+
+    @property
+    def pv(self) -> bool:
+        """Whether the guest is paravirtualised and sends its own hints."""
+        return self.config.kind == "pv"
+
+    def boot(self, write: Writer, fresh: ContentSource) -> None:
+        """Read boot blocks, map libraries, report untouched memory."""
+        n_blocks = self.image.n_blocks
+        n_boot = round(self.config.boot_read_fraction * n_blocks)
+        blocks = np.sort(self.rng.choice(n_blocks, n_boot, replace=False))
+        self.read_blocks(blocks, write, fresh)
+        if self.config.map_libraries:
+            for lib in self.image.libraries():
+                self.map_library(lib, write, fresh)
+        untouched = self._free[: self._n_free].copy()
+        self._hint(untouched, np.full(untouched.size, ZERO_KEY), ZERO)
+
+    def tick(self, write: Writer, fresh: ContentSource) -> None:
+        """One tick of the workload: disk reads and writes, anonymous
+        writes, frees. Stops early once the guest is paused."""
+        c = self.config
+        steps = (
+            (c.read_pages_per_tick, self._tick_reads),
+            (c.disk_write_pages_per_tick, self._tick_disk_writes),
+            (c.anon_write_pages_per_tick, self._tick_anon_writes),
+            (c.free_pages_per_tick, self._tick_frees),
+        )
+        self._clock += 1
+        for rate, step in steps:
+            if self.paused:
+                return
+            if rate:
+                step(rate, write, fresh)
+
+    # Page cache ----------------------------------------------------------
+
+    def read_blocks(
+        self, blocks: np.ndarray, write: Writer, fresh: ContentSource
+    ) -> None:
+        """Read disk blocks that are not cached into free GFNs."""
+        blocks = np.unique(blocks)
+        blocks = blocks[self.block_gfn[blocks] < 0]
+        gfns = self._allocate(blocks.size)
+        blocks = blocks[: gfns.size]
+        contents = self.image.block_cids[blocks].copy()
+        mod = self.modified[blocks]
+        contents[mod] = fresh(int(mod.sum()))
+        done = self._write(gfns, contents, write)
+        gfns, blocks, mod = gfns[done], blocks[done], mod[done]
+        self.role[gfns] = R_CACHE
+        self.age[gfns] = self._clock
+        self.cache_block[gfns] = blocks
+        self.block_gfn[blocks] = gfns
+        clean = ~mod
+        self._hint(
+            gfns[clean], disk_keys(self.image_uid, blocks[clean]), DISK
+        )
+
+    def map_library(self, lib, write: Writer, fresh: ContentSource) -> None:
+        """Map a shared library: cache its blocks, hint each page."""
+        blocks = np.arange(lib.first_block, lib.first_block + lib.n_blocks)
+        self.read_blocks(blocks, write, fresh)
+        if not self.pv:
+            return
+        gfns = self.block_gfn[blocks]
+        clean = (gfns >= 0) & ~self.modified[blocks]
+        pages = np.flatnonzero(clean)
+        self._hint(gfns[clean], library_keys(lib.digest, pages), LIBRARY)
+
+    def _tick_reads(self, rate, write, fresh) -> None:
+        blocks = self.rng.integers(0, self.image.n_blocks, rate)
+        self.read_blocks(blocks, write, fresh)
+
+    def _tick_disk_writes(self, rate, write, fresh) -> None:
+        blocks = np.unique(self.rng.integers(0, self.image.n_blocks, rate))
+        gfns = self.block_gfn[blocks]
+        cached = gfns >= 0
+        done = self._write(gfns[cached], fresh(int(cached.sum())), write)
+        # A block whose cached page could not be written stays unmodified.
+        ok = np.ones(blocks.size, dtype=bool)
+        ok[np.flatnonzero(cached)[~done]] = False
+        self.modified[blocks[ok]] = True
+
+    # Anonymous memory ----------------------------------------------------
+
+    def _tick_anon_writes(self, rate, write, fresh) -> None:
+        anon = np.flatnonzero(self.role == R_ANON)
+        n_old = min(rate // 2, anon.size)
+        old = self.rng.choice(anon, n_old, replace=False) if n_old else anon[:0]
+        new = self._allocate(rate - n_old)
+        gfns = np.concatenate([old, new])
+        done = self._write(gfns, fresh(gfns.size), write)
+        self.role[gfns[done]] = R_ANON
+        self._release(new[~done[n_old:]])
+
+    def _tick_frees(self, rate, write, fresh) -> None:
+        anon = np.flatnonzero(self.role == R_ANON)
+        n = min(rate, anon.size)
+        if n == 0:
+            return
+        gfns = np.sort(self.rng.choice(anon, n, replace=False))
+        # Scrubbing writes zeros: on a shared frame, a no-copy fault.
+        done = self._write(gfns, np.full(n, ZERO_CONTENT), write)
+        gfns = gfns[done]
+        self.role[gfns] = R_FREE
+        self._release(gfns)
+        if self.pv:
+            self._hint(gfns, np.full(gfns.size, ZERO_KEY), ZERO)
+
+    # Helpers -------------------------------------------------------------
+
+    def _allocate(self, n: int) -> np.ndarray:
+        """Take ``n`` free GFNs, evicting the oldest cache pages if short."""
+        if n > self._n_free:
+            self._evict(n - self._n_free)
+        n = min(n, self._n_free)
+        top = self._n_free
+        self._n_free = top - n
+        return self._free[top - n : top][::-1].copy()
+
+    def _evict(self, n: int) -> None:
+        cache = np.flatnonzero(self.role == R_CACHE)
+        if cache.size == 0:
+            return
+        n = min(n, cache.size)
+        oldest = cache[np.argsort(self.age[cache], kind="stable")[:n]]
+        self.block_gfn[self.cache_block[oldest]] = -1
+        self.cache_block[oldest] = -1
+        self.role[oldest] = R_FREE
+        # An evicted page keeps its stale content until it is reused.
+        self._release(oldest)
+
+    def _release(self, gfns: np.ndarray) -> None:
+        top = self._n_free
+        self._free[top : top + gfns.size] = gfns[::-1]
+        self._n_free = top + gfns.size
+
+    def _write(self, gfns, contents, write: Writer) -> np.ndarray:
+        done = write(self.domid, gfns, contents)
+        if not done.all():
+            self.paused = True
+        return done
+
+    def _hint(self, gfns: np.ndarray, keys: np.ndarray, source: int) -> None:
+        if gfns.size == 0:
+            return
+        self.hints.append(
+            HintBatch(
+                np.full(gfns.size, self.domid, dtype=np.int32),
+                gfns.astype(np.int64),
+                keys.astype(np.int64),
+                np.full(gfns.size, source, dtype=np.int8),
+            )
+        )
+
+    def take_hints(self) -> HintBatch:
+        """The hints emitted since the last call."""
+        batch = HintBatch.concat(self.hints)
+        self.hints = []
+        return batch
+
+    def resident(self) -> dict[str, int]:
+        """Pages of its base image this guest holds unmodified in cache."""
+        cached = self.block_gfn >= 0
+        return {self.image.name: int(np.count_nonzero(cached & ~self.modified))}
