@@ -132,11 +132,13 @@ def _run(args: argparse.Namespace) -> int:
 def _execute(args, scenario, results: Path) -> int:
     import ray
 
-    from cluster.coordinator import Coordinator, place
+    from cluster.coordinator import Coordinator, load_images, place
     from cluster.metrics import MetricsServer, RunState
     from cluster.results import format_table, write_results
 
-    place(scenario)  # fails fast, before Ray starts, if guests cannot fit
+    # Everything that can reject the input runs before Ray starts.
+    place(scenario)
+    images = load_images(scenario)
     state = RunState()
     try:
         server = MetricsServer(state, args.metrics_port, args.metrics_addr)
@@ -146,7 +148,7 @@ def _execute(args, scenario, results: Path) -> int:
     progress = None if args.quiet else _progress(scenario.ticks)
     try:
         _init_ray(args.address)
-        coordinator = Coordinator(scenario, state, progress)
+        coordinator = Coordinator(scenario, state, progress, images)
         try:
             result = coordinator.run()
         except ray.exceptions.RayError as exc:

@@ -76,7 +76,7 @@ def place(scenario: Scenario) -> dict[str, str]:
     return placement
 
 
-def load_images(scenario: Scenario) -> tuple[dict[str, Image], ContentStore]:
+def load_images(scenario: Scenario) -> dict[str, Image]:
     """Read every image once, interning its blocks in one content store."""
     store = ContentStore()
     images = {}
@@ -87,7 +87,9 @@ def load_images(scenario: Scenario) -> tuple[dict[str, Image], ContentStore]:
         log.info(
             "image %s: %d blocks", spec.name, images[spec.name].n_blocks
         )
-    return images, store
+    log.info("%d distinct pages in %d images", store.distinct_pages,
+             len(images))
+    return images
 
 
 def guest_config(scenario: Scenario, index: int) -> GuestConfig:
@@ -130,8 +132,10 @@ class Coordinator:
         scenario: Scenario,
         state: RunState | None = None,
         progress: Progress | None = None,
+        images: dict[str, Image] | None = None,
     ) -> None:
         self.scenario = scenario
+        self.images = images
         self.state = state or RunState()
         self.progress = progress
         self.placement = place(scenario)
@@ -141,7 +145,7 @@ class Coordinator:
         """Boot every host, run all ticks, gather the results."""
         started = time.monotonic()
         s = self.scenario
-        images, store = load_images(s)
+        images = self.images or load_images(s)
         result = RunResult(s, self.placement)
         result.images = {
             name: {
@@ -151,8 +155,6 @@ class Coordinator:
             }
             for name, img in images.items()
         }
-        log.info("%d distinct pages in %d images", store.distinct_pages,
-                 len(images))
         result.series.extend(self._start_hosts(images))
 
         done = 0
