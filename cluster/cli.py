@@ -59,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     parser = _Parser(prog="cowsim", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0,
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
         help="log more (-v: run milestones, -vv: detail)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,20 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=_seed, help="override the scenario seed")
     run.add_argument(
-        "--results", type=Path,
+        "--results",
+        type=Path,
         help="results directory (default: results/NAME-TIMESTAMP)",
     )
     run.add_argument(
-        "--metrics-port", type=_port, default=9691,
-        help="port for Prometheus metrics; 0 picks a free one "
-        "(default: 9691)",
+        "--metrics-port",
+        type=_port,
+        default=9691,
+        help="port for Prometheus metrics; 0 picks a free one (default: 9691)",
     )
     run.add_argument(
-        "--metrics-addr", default="127.0.0.1",
+        "--metrics-addr",
+        default="127.0.0.1",
         help="address to serve metrics on (default: 127.0.0.1)",
     )
     run.add_argument(
-        "--linger", type=float, default=0.0, metavar="SECONDS",
+        "--linger",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
         help="keep serving metrics this long after the run ends",
     )
     run.add_argument(
@@ -101,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[
         min(args.verbose, 2)
     ]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return _run(args)
     except CowsimError as exc:
@@ -114,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     # Imported here so that `cowsim --help` and bad input stay fast.
-    from cluster.scenario import load_scenario
     from cluster.results import check_results_dir
+    from cluster.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
     if args.seed is not None:

@@ -33,9 +33,9 @@ from cluster.catalog import Catalog
 from cluster.metrics import RunState
 from cluster.scenario import PAGE_SIZE, Scenario, ScenarioError
 from dedup.content import ContentStore
-from dedup.image import Image, load_image
 from node.actor import HostActor
 from node.guest import GuestConfig
+from node.image import Image, load_image
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,9 @@ def place(scenario: Scenario) -> dict[str, str]:
     free = {h.name: h.memory_bytes for h in scenario.hosts}
     placement = {}
     for guest in scenario.guests:
-        fits = [h for h in scenario.hosts if free[h.name] >= guest.memory_bytes]
+        fits = [
+            h for h in scenario.hosts if free[h.name] >= guest.memory_bytes
+        ]
         if not fits:
             raise ScenarioError(
                 f"{scenario.source}: guests: cannot place {guest.name} "
@@ -84,11 +86,10 @@ def load_images(scenario: Scenario) -> dict[str, Image]:
         images[spec.name] = load_image(
             spec.name, spec.paths, store, spec.exclude, spec.max_bytes
         )
-        log.info(
-            "image %s: %d blocks", spec.name, images[spec.name].n_blocks
-        )
-    log.info("%d distinct pages in %d images", store.distinct_pages,
-             len(images))
+        log.info("image %s: %d blocks", spec.name, images[spec.name].n_blocks)
+    log.info(
+        "%d distinct pages in %d images", store.distinct_pages, len(images)
+    )
     return images
 
 

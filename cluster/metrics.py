@@ -59,48 +59,103 @@ def _hints(s: Sample) -> list[tuple[tuple[str, ...], float]]:
 
 
 METRICS: tuple[MetricDef, ...] = (
-    MetricDef("guests", "gauge", (), "Guests running on the host.",
-              _one("guests")),
-    MetricDef("guests_paused", "gauge", (),
-              "Guests paused by an unsatisfied copy-on-write fault.",
-              _one("guests_paused")),
-    MetricDef("guest_memory_bytes", "gauge", (),
-              "Guest memory: populated guest pages times the page size.",
-              _one("guest_bytes")),
-    MetricDef("machine_memory_bytes", "gauge", (),
-              "Machine memory of the host.", _one("machine_bytes")),
-    MetricDef("machine_memory_used_bytes", "gauge", (),
-              "Machine frames backing guest pages, private or shared.",
-              _one("machine_bytes_used")),
-    MetricDef("shared_frames", "gauge", (),
-              "Frames mapped by two or more guest pages (KSM's "
-              "pages_shared).", _one("shared_frames")),
-    MetricDef("sharing_mappings", "gauge", (),
-              "Guest pages mapping a shared frame beyond its first "
-              "(KSM's pages_sharing): frames saved.",
-              _one("sharing_mappings")),
-    MetricDef("saved_bytes", "gauge", ("source",),
-              "Memory saved by sharing, by the hint source that found it.",
-              _by(SOURCES, lambda v: f"saved_{v}_bytes")),
-    MetricDef("potential_saved_bytes", "gauge", (),
-              "Memory a perfect deduplicator would save on the same "
-              "guest memory now.", _one("potential_bytes")),
-    MetricDef("cow_faults", "counter", ("kind",),
-              "Write faults on write-protected frames, by how they were "
-              "served: last mapping, no copy (zero), copy, unsatisfied.",
-              _by(FAULT_KINDS, lambda v: f"faults_{v}")),
-    MetricDef("copied_bytes", "counter", (),
-              "Bytes copied to serve copy-on-write faults.",
-              _one("bytes_copied")),
-    MetricDef("hints", "counter", ("source", "kind"),
-              "Hints handled by the CoW daemon, by source and outcome.",
-              _hints),
-    MetricDef("compared_bytes", "counter", (),
-              "Bytes compared by the daemon to verify hints.",
-              _one("bytes_compared")),
-    MetricDef("hypercalls", "counter", (),
-              "mark_page_ro and share_mfns batches issued.",
-              _one("hypercalls")),
+    MetricDef(
+        "guests", "gauge", (), "Guests running on the host.", _one("guests")
+    ),
+    MetricDef(
+        "guests_paused",
+        "gauge",
+        (),
+        "Guests paused by an unsatisfied copy-on-write fault.",
+        _one("guests_paused"),
+    ),
+    MetricDef(
+        "guest_memory_bytes",
+        "gauge",
+        (),
+        "Guest memory: populated guest pages times the page size.",
+        _one("guest_bytes"),
+    ),
+    MetricDef(
+        "machine_memory_bytes",
+        "gauge",
+        (),
+        "Machine memory of the host.",
+        _one("machine_bytes"),
+    ),
+    MetricDef(
+        "machine_memory_used_bytes",
+        "gauge",
+        (),
+        "Machine frames backing guest pages, private or shared.",
+        _one("machine_bytes_used"),
+    ),
+    MetricDef(
+        "shared_frames",
+        "gauge",
+        (),
+        "Frames mapped by two or more guest pages (KSM's pages_shared).",
+        _one("shared_frames"),
+    ),
+    MetricDef(
+        "sharing_mappings",
+        "gauge",
+        (),
+        "Guest pages mapping a shared frame beyond its first "
+        "(KSM's pages_sharing): frames saved.",
+        _one("sharing_mappings"),
+    ),
+    MetricDef(
+        "saved_bytes",
+        "gauge",
+        ("source",),
+        "Memory saved by sharing, by the hint source that found it.",
+        _by(SOURCES, lambda v: f"saved_{v}_bytes"),
+    ),
+    MetricDef(
+        "potential_saved_bytes",
+        "gauge",
+        (),
+        "Memory a perfect deduplicator would save on the same "
+        "guest memory now.",
+        _one("potential_bytes"),
+    ),
+    MetricDef(
+        "cow_faults",
+        "counter",
+        ("kind",),
+        "Write faults on write-protected frames, by how they were "
+        "served: last mapping, no copy (zero), copy, unsatisfied.",
+        _by(FAULT_KINDS, lambda v: f"faults_{v}"),
+    ),
+    MetricDef(
+        "copied_bytes",
+        "counter",
+        (),
+        "Bytes copied to serve copy-on-write faults.",
+        _one("bytes_copied"),
+    ),
+    MetricDef(
+        "hints",
+        "counter",
+        ("source", "kind"),
+        "Hints handled by the CoW daemon, by source and outcome.",
+        _hints,
+    ),
+    MetricDef(
+        "compared_bytes",
+        "counter",
+        (),
+        "Bytes compared by the daemon to verify hints.",
+        _one("bytes_compared"),
+    ),
+    MetricDef(
+        "hypercalls",
+        "counter",
+        (),
+        "mark_page_ro and share_mfns batches issued.",
+        _one("hypercalls"),
+    ),
 )
 
 

@@ -94,9 +94,7 @@ def write_results(result: RunResult, directory: Path) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=parent))
     try:
         (tmp / "scenario.toml").write_text(dump_scenario(result.scenario))
-        (tmp / "summary.json").write_text(
-            json.dumps(summary, indent=2) + "\n"
-        )
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _write_csv(tmp / "timeseries.csv", result.series)
         os.replace(tmp, directory)
     except BaseException:

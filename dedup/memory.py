@@ -351,9 +351,9 @@ class HostMemory:
         assert np.array_equal(counts, self.frames.count), "rmap != p2m"
         known = self.frames.mapper >= 0
         mapper = self.frames.mapper[known]
-        assert np.all(
-            self.p2m[mapper] == np.flatnonzero(known)
-        ), "stale mapper slot"
+        assert np.all(self.p2m[mapper] == np.flatnonzero(known)), (
+            "stale mapper slot"
+        )
 
     # Internals -----------------------------------------------------------
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import msgpack
 import ray
 
-from dedup.image import Image
 from node.guest import GuestConfig
 from node.host import Host
+from node.image import Image
 
 
 @ray.remote

@@ -45,7 +45,7 @@ from dedup.hints import (
     disk_keys,
     library_keys,
 )
-from dedup.image import Image
+from node.image import Image
 
 R_FREE, R_CACHE, R_ANON = 0, 1, 2
 
@@ -153,9 +153,7 @@ class Guest:
         self.cache_block[gfns] = blocks
         self.block_gfn[blocks] = gfns
         clean = ~mod
-        self._hint(
-            gfns[clean], disk_keys(self.image_uid, blocks[clean]), DISK
-        )
+        self._hint(gfns[clean], disk_keys(self.image_uid, blocks[clean]), DISK)
 
     def map_library(self, lib, write: Writer, fresh: ContentSource) -> None:
         """Map a shared library: cache its blocks, hint each page."""
@@ -187,7 +185,9 @@ class Guest:
     def _tick_anon_writes(self, rate, write, fresh) -> None:
         anon = np.flatnonzero(self.role == R_ANON)
         n_old = min(rate // 2, anon.size)
-        old = self.rng.choice(anon, n_old, replace=False) if n_old else anon[:0]
+        old = (
+            self.rng.choice(anon, n_old, replace=False) if n_old else anon[:0]
+        )
         new = self._allocate(rate - n_old)
         gfns = np.concatenate([old, new])
         done = self._write(gfns, fresh(gfns.size), write)
@@ -263,4 +263,6 @@ class Guest:
     def resident(self) -> dict[str, int]:
         """Pages of its base image this guest holds unmodified in cache."""
         cached = self.block_gfn >= 0
-        return {self.image.name: int(np.count_nonzero(cached & ~self.modified))}
+        return {
+            self.image.name: int(np.count_nonzero(cached & ~self.modified))
+        }

@@ -25,10 +25,10 @@ import numpy as np
 
 from dedup.content import PAGE_SIZE, SYNTHETIC_BASE
 from dedup.hints import OUTCOMES, SOURCES, HintBatch
-from dedup.image import Image
 from dedup.memory import HostMemory
 from node.daemon import CowDaemon
 from node.guest import Guest, GuestConfig
+from node.image import Image
 
 log = logging.getLogger(__name__)
 

@@ -110,8 +110,13 @@ def test_run_serves_metrics_while_running_and_writes_results(tmp_path):
     scenario = small_scenario(tmp_path, ticks=300, batch=1)
     results = tmp_path / "out"
     proc = cowsim(
-        "run", str(scenario), "--results", str(results),
-        "--metrics-port", "0", "--quiet",
+        "run",
+        str(scenario),
+        "--results",
+        str(results),
+        "--metrics-port",
+        "0",
+        "--quiet",
     )
     url = None
     while url is None:
@@ -145,8 +150,11 @@ def test_run_serves_metrics_while_running_and_writes_results(tmp_path):
     assert c["saved_by_source_bytes"]["disk"] > 0
     assert len(summary["hosts"]) == 2
     for key in (
-        "guest_bytes", "machine_bytes_used", "saved_bytes",
-        "potential_bytes", "cow_faults",
+        "guest_bytes",
+        "machine_bytes_used",
+        "saved_bytes",
+        "potential_bytes",
+        "cow_faults",
     ):
         assert key in c and all(key in h for h in summary["hosts"])
     assert (results / "scenario.toml").is_file()
@@ -190,8 +198,12 @@ def test_image_too_large_is_one_line(tmp_path):
     )
     scenario.write_text(text)
     proc = cowsim(
-        "run", str(scenario), "--results", str(tmp_path / "r"),
-        "--metrics-port", "0",
+        "run",
+        str(scenario),
+        "--results",
+        str(tmp_path / "r"),
+        "--metrics-port",
+        "0",
     )
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2

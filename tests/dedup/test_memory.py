@@ -236,8 +236,12 @@ def _op():
     dom = st.integers(1, N_DOMS)
     gfns = st.lists(st.integers(0, N_PAGES - 1), min_size=1, max_size=6)
     return st.one_of(
-        st.tuples(st.just("write"), dom, gfns, st.lists(CONTENTS, min_size=6,
-                                                          max_size=6)),
+        st.tuples(
+            st.just("write"),
+            dom,
+            gfns,
+            st.lists(CONTENTS, min_size=6, max_size=6),
+        ),
         st.tuples(st.just("hint"), dom, gfns, st.integers(0, 2)),
         st.tuples(st.just("share"), dom, gfns, dom, gfns),
         st.tuples(st.just("balloon"), dom, gfns),
