@@ -39,7 +39,9 @@ def _port(text: str) -> int:
     try:
         port = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"not a port number: {text!r}"
+        ) from None
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port out of range: {port}")
     return port
@@ -49,7 +51,7 @@ def _seed(text: str) -> int:
     try:
         seed = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if seed < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0: {seed}")
     return seed

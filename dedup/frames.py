@@ -115,7 +115,9 @@ class FrameTable:
         assert total == self.n_frames, f"frames not conserved: {census}"
         pool = self._free[: self._n_free]
         assert np.all(self.owner[pool] == FREE), "pool holds a used frame"
-        assert np.unique(pool).size == pool.size, "pool holds a frame twice"
+        assert (
+            np.bincount(pool, minlength=self.n_frames).max(initial=0) <= 1
+        ), "pool holds a frame twice"
         free = self.owner == FREE
         assert not self.count[free].any(), "a free frame is still mapped"
         private = self.owner >= 0

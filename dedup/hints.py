@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dedup.arrays import unique
 from dedup.content import PAGE_SIZE
 from dedup.frames import FREE
 from dedup.memory import SAME_FRAME, SHARED, HostMemory
@@ -174,7 +175,9 @@ class HintTable:
 
         pairs = np.flatnonzero(equal)
         if pairs.size:
-            memory.mark_page_ro(np.union1d(hint_target[pairs], mfns[pairs]))
+            memory.mark_page_ro(
+                unique(np.concatenate([hint_target[pairs], mfns[pairs]]))
+            )
             codes = memory.share_mfns(
                 hint_target[pairs], mfns[pairs], sources[pairs]
             )
@@ -222,7 +225,7 @@ class HintTable:
 def _slots(memory: HostMemory, domids, gfns) -> np.ndarray:
     """Slots of (domain, GFN) pairs; -1 for a domain that is gone."""
     out = np.full(gfns.size, -1, dtype=np.int64)
-    for domid in np.unique(domids).tolist():
+    for domid in unique(domids).tolist():
         if domid not in memory.domains():
             continue
         sel = domids == domid

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dedup.arrays import first_index, last_mask, unique
 from dedup.content import PAGE_SIZE, ZERO_CONTENT
 from dedup.errors import ShareError
 from dedup.frames import (
@@ -171,7 +172,7 @@ class HostMemory:
     def populate(self, domid: int, gfns: np.ndarray) -> np.ndarray:
         """Back unpopulated GFNs with zero frames; return those left out."""
         slots = self.slots(domid, gfns)
-        slots = np.unique(slots[self.p2m[slots] < 0])
+        slots = unique(slots[self.p2m[slots] < 0])
         mfns = self.frames.allocate(slots.size, domid)
         done = slots[: mfns.size]
         self.p2m[done] = mfns
@@ -183,7 +184,7 @@ class HostMemory:
     def balloon_out(self, domid: int, gfns: np.ndarray) -> int:
         """Unpopulate GFNs (their content is lost); return frames freed."""
         slots = self.slots(domid, gfns)
-        return self._unmap_slots(np.unique(slots))
+        return self._unmap_slots(unique(slots))
 
     def write(
         self,
@@ -428,7 +429,7 @@ class HostMemory:
         served = np.zeros(slots.size, dtype=bool)
 
         # Every writer but the last of each frame takes a frame of its own.
-        last = _last_of_each(mfns)
+        last = last_mask(mfns)
         others = np.flatnonzero(~last)
         served[others] = self._copy_out(domid, slots[others], reclaim)
 
@@ -499,7 +500,7 @@ class HostMemory:
 
     def _free_unmapped(self, mfns: np.ndarray) -> int:
         """Return frames left with no mapping to the free pool."""
-        orphans = np.unique(mfns[self.frames.count[mfns] == 0])
+        orphans = unique(mfns[self.frames.count[mfns] == 0])
         self.frames.give_back(orphans)
         return int(orphans.size)
 
@@ -509,19 +510,8 @@ def _last_write_wins(
 ) -> tuple[np.ndarray, np.ndarray]:
     if gfns.size < 2:
         return gfns, contents
-    rev = gfns[::-1]
-    _, first = np.unique(rev, return_index=True)
-    keep = np.sort(gfns.size - 1 - first)
+    keep = np.flatnonzero(last_mask(gfns))
     return gfns[keep], contents[keep]
-
-
-def _last_of_each(values: np.ndarray) -> np.ndarray:
-    """Mask of the last occurrence of each value."""
-    mask = np.zeros(values.size, dtype=bool)
-    if values.size:
-        _, first = np.unique(values[::-1], return_index=True)
-        mask[values.size - 1 - first] = True
-    return mask
 
 
 def _independent(sources: np.ndarray, clients: np.ndarray) -> np.ndarray:
@@ -530,8 +520,7 @@ def _independent(sources: np.ndarray, clients: np.ndarray) -> np.ndarray:
     first = np.zeros(clients.size, dtype=bool)
     if clients.size == 0:
         return first
-    _, idx = np.unique(clients, return_index=True)
-    first[idx] = True
+    first[first_index(clients)] = True
     ok = first & ~np.isin(clients, sources)
     if not ok.any():
         ok[0] = True

@@ -13,7 +13,8 @@ What a guest's memory holds:
   reports the pages it scrubs (and, at boot, its untouched memory) as zero.
 
 Data structures, one numpy entry per GFN or per disk block:
-``role`` (free, page cache or anonymous), ``age`` (when a cache page was
+``role`` (free, page cache, anonymous, or page cache mapped by a
+library, which is never evicted), ``age`` (when a cache page was
 filled, for eviction), ``cache_block`` (the block a cache GFN holds),
 ``block_gfn`` (where a block is cached, -1 if not) and ``modified`` (the
 block was written through the overlay). Free GFNs form a stack.
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dedup.arrays import unique
 from dedup.content import ZERO_CONTENT
 from dedup.hints import (
     DISK,
@@ -47,7 +49,7 @@ from dedup.hints import (
 )
 from node.image import Image
 
-R_FREE, R_CACHE, R_ANON = 0, 1, 2
+R_FREE, R_CACHE, R_ANON, R_MAPPED = 0, 1, 2, 3
 
 # write(domid, gfns, contents) -> mask of the writes that were done
 Writer = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
@@ -93,6 +95,7 @@ class Guest:
         self.cache_block = np.full(n, -1, dtype=np.int64)
         self.block_gfn = np.full(image.n_blocks, -1, dtype=np.int64)
         self.modified = np.zeros(image.n_blocks, dtype=bool)
+        self._data_blocks = _data_blocks(image)
         self._free = np.arange(n - 1, -1, -1, dtype=np.int64)
         self._n_free = n
         self._clock = 0
@@ -139,7 +142,7 @@ class Guest:
         self, blocks: np.ndarray, write: Writer, fresh: ContentSource
     ) -> None:
         """Read disk blocks that are not cached into free GFNs."""
-        blocks = np.unique(blocks)
+        blocks = unique(blocks)
         blocks = blocks[self.block_gfn[blocks] < 0]
         gfns = self._allocate(blocks.size)
         blocks = blocks[: gfns.size]
@@ -156,12 +159,17 @@ class Guest:
         self._hint(gfns[clean], disk_keys(self.image_uid, blocks[clean]), DISK)
 
     def map_library(self, lib, write: Writer, fresh: ContentSource) -> None:
-        """Map a shared library: cache its blocks, hint each page."""
+        """Map a shared library: cache its blocks, hint each page.
+
+        Mapped pages stay in memory: the page cache evicts only pages
+        nothing maps.
+        """
         blocks = np.arange(lib.first_block, lib.first_block + lib.n_blocks)
         self.read_blocks(blocks, write, fresh)
+        gfns = self.block_gfn[blocks]
+        self.role[gfns[gfns >= 0]] = R_MAPPED
         if not self.pv:
             return
-        gfns = self.block_gfn[blocks]
         clean = (gfns >= 0) & ~self.modified[blocks]
         pages = np.flatnonzero(clean)
         self._hint(gfns[clean], library_keys(lib.digest, pages), LIBRARY)
@@ -171,7 +179,10 @@ class Guest:
         self.read_blocks(blocks, write, fresh)
 
     def _tick_disk_writes(self, rate, write, fresh) -> None:
-        blocks = np.unique(self.rng.integers(0, self.image.n_blocks, rate))
+        if self._data_blocks.size == 0:
+            return
+        picks = self.rng.integers(0, self._data_blocks.size, rate)
+        blocks = unique(self._data_blocks[picks])
         gfns = self.block_gfn[blocks]
         cached = gfns >= 0
         done = self._write(gfns[cached], fresh(int(cached.sum())), write)
@@ -266,3 +277,12 @@ class Guest:
         return {
             self.image.name: int(np.count_nonzero(cached & ~self.modified))
         }
+
+
+def _data_blocks(image: Image) -> np.ndarray:
+    """Blocks a guest may write: all but those of shared libraries, which
+    programs map and do not rewrite in place."""
+    writable = np.ones(image.n_blocks, dtype=bool)
+    for lib in image.libraries():
+        writable[lib.first_block : lib.first_block + lib.n_blocks] = False
+    return np.flatnonzero(writable)

@@ -72,8 +72,13 @@ free_pages_per_tick = 4
 name = "gb"
 image = "b"
 memory = "8MiB"
-kind = "hvm"
 count = 2
+
+[[guests]]
+name = "gc"
+image = "a"
+memory = "8MiB"
+kind = "hvm"
 """
     )
     return path

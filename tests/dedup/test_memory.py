@@ -270,7 +270,9 @@ def test_sharing_is_invisible_and_frames_are_conserved(ops):
             contents = np.array(op[3][: populated.size], dtype=np.int64)
             out = m.write(d, populated, contents)
             assert out.unsatisfied.size == 0  # never short: no overcommit
-            for g, c in zip(populated.tolist(), contents.tolist()):
+            for g, c in zip(
+                populated.tolist(), contents.tolist(), strict=True
+            ):
                 expect[(d, g)] = c
         elif kind == "hint":
             # Keys claim content by value, sometimes wrongly (salt).
