@@ -37,8 +37,8 @@ from dedup.content import PAGE_SIZE
 from dedup.frames import FREE
 from dedup.memory import SAME_FRAME, SHARED, HostMemory
 
-ZERO, DISK, LIBRARY, GUEST = range(4)
-SOURCES = ("zero", "disk", "library", "guest")
+ZERO, DISK, LIBRARY = range(3)
+SOURCES = ("zero", "disk", "library")
 
 # What became of a hint.
 OUTCOMES = (
