@@ -29,7 +29,7 @@ def run_summary(scenario) -> tuple[str, int]:
 def test_summary_is_identical_across_runs_and_node_counts(tmp_path):
     scenario = load_scenario(small_scenario(tmp_path, ticks=9, batch=3))
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         local = [run_summary(scenario)[0], run_summary(scenario)[0]]
         other_seed = run_summary(scenario.with_seed(scenario.seed + 1))[0]
