@@ -70,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a scenario")
     run.add_argument(
-        "scenario", nargs="?", help="scenario TOML file (default: built-in)"
+        "scenario",
+        nargs="?",
+        help="scenario TOML file, or the name of a shipped scenario "
+        "(default, worstcase, worstcase-broken); default: default",
     )
     run.add_argument(
         "--address",
@@ -130,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
     from cluster.results import check_results_dir
     from cluster.scenario import load_scenario
 
-    scenario = load_scenario(args.scenario)
+    scenario = load_scenario(_scenario_path(args.scenario))
     if args.seed is not None:
         scenario = scenario.with_seed(args.seed)
     results = args.results or Path("results") / (
@@ -140,6 +143,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.linger < 0:
         raise CowsimError(f"--linger {args.linger}: must be >= 0")
     return _execute(args, scenario, results)
+
+
+def _scenario_path(arg: str | None) -> str | None:
+    """A file path, or the name of a scenario shipped with cowsim."""
+    from cluster.scenario import DEFAULT_SCENARIO_PATH
+
+    if arg is None or Path(arg).exists() or arg.endswith(".toml"):
+        return arg
+    shipped = DEFAULT_SCENARIO_PATH.parent / f"{arg}.toml"
+    return str(shipped) if shipped.exists() else arg
 
 
 def _execute(args, scenario, results: Path) -> int:

@@ -109,6 +109,9 @@ def guest_config(scenario: Scenario, index: int) -> GuestConfig:
         disk_write_pages_per_tick=w.disk_write_pages_per_tick,
         anon_write_pages_per_tick=w.anon_write_pages_per_tick,
         free_pages_per_tick=w.free_pages_per_tick,
+        burst_tick=w.burst_tick,
+        bonus=g.bonus,
+        bonus_fraction=g.bonus_fraction,
     )
 
 
@@ -194,6 +197,7 @@ class Coordinator:
                 host.memory_bytes // PAGE_SIZE,
                 s.seed,
                 s.tick_seconds,
+                s.repayment_invariant,
             )
             configs = [
                 guest_config(s, i)

@@ -38,6 +38,12 @@ _FIELDS = (
     "bytes_copied",
     "bytes_compared",
     "hypercalls",
+    "bonus_pages",
+    "fifo_pages",
+    "fifo_shortfall_pages",
+    "repaid_pages",
+    "refaults",
+    "copy_avoided_bytes",
 )
 
 
@@ -149,4 +155,16 @@ def format_table(summary: dict) -> str:
         f"{s} {_mib(v)} MiB" for s, v in c["saved_by_source_bytes"].items()
     )
     lines.append(f"saved by source: {by_source}")
+    if c["bonus_pages"] or c["repaid_pages"]:
+        lines.append(
+            f"bonus pages lent: {c['bonus_pages']:,}, FIFO pages: "
+            f"{c['fifo_pages']:,}, repaid to faults: {c['repaid_pages']:,}, "
+            f"refaults: {c['refaults']:,}"
+        )
+    unsatisfied = c["cow_faults_by_kind"]["unsatisfied"]
+    if unsatisfied:
+        lines.append(
+            f"unsatisfied faults: {unsatisfied:,}; guests paused: "
+            f"{c['guests_paused']} (see events in summary.json)"
+        )
     return "\n".join(lines)

@@ -50,6 +50,7 @@ DEFAULT_SCENARIO_PATH = Path(__file__).parent / "scenarios" / "default.toml"
 
 _BUILT_IN_SOURCE = "built-in default"
 _KINDS = ("pv", "hvm")
+_BONUS = ("none", "proportional")
 _IMAGE_NAME = re.compile(r"[a-z0-9_-]+")
 _ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
@@ -82,6 +83,9 @@ class WorkloadSpec:
     """Anonymous (heap) pages written."""
     free_pages_per_tick: int = 32
     """Pages the guest frees; they are scrubbed to logically zero."""
+    burst_tick: int = 0
+    """At this tick (0: never) the guest writes every page it has once:
+    the worst case, every shared page needs a frame back at once."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,11 @@ class GuestSpec:
     boot_read_fraction: float
     map_libraries: bool
     workload: WorkloadSpec
+    bonus: str = "none"
+    """Bonus page policy: "none", or "proportional" to the pages the
+    guest shares."""
+    bonus_fraction: float = 0.5
+    """With "proportional": bonus pages per guest page it shares."""
 
     @property
     def memory_pages(self) -> int:
@@ -147,6 +156,9 @@ class Scenario:
     hosts: tuple[HostSpec, ...]
     images: tuple[ImageSpec, ...]
     guests: tuple[GuestSpec, ...]
+    repayment_invariant: bool = True
+    """Guests keep a repayment FIFO at least as long as their bonus pages.
+    False breaks the promise on purpose, to show what it prevents."""
 
     def with_seed(self, seed: int) -> Scenario:
         """Return a copy of this scenario that runs with another seed."""
@@ -330,20 +342,22 @@ def _read_toml(context: _Context) -> dict[str, Any]:
 
 
 _TOP_KEYS = tuple(
-    "name seed ticks tick_seconds batch_ticks hosts images guests".split()
+    "name seed ticks tick_seconds batch_ticks hosts images guests "
+    "repayment_invariant".split()
 )
+_TOP_REQUIRED = _TOP_KEYS[1:8]
 _HOST_KEYS = ("name", "count", "memory")
 _IMAGE_KEYS = ("paths", "exclude", "max_size")
 _GUEST_KEYS = tuple(
     "name count image memory kind boot_read_fraction map_libraries "
-    "workload".split()
+    "workload bonus bonus_fraction".split()
 )
 _GUEST_REQUIRED = ("name", "image", "memory")
 _WORKLOAD_KEYS = tuple(f.name for f in dataclasses.fields(WorkloadSpec))
 
 
 def _build(context: _Context, raw: dict[str, Any], source: str) -> Scenario:
-    top = context.as_table(raw, "", _TOP_KEYS, _TOP_KEYS[1:])
+    top = context.as_table(raw, "", _TOP_KEYS, _TOP_REQUIRED)
     settings = _parse_settings(context, top)
     hosts = _expand_section(context, top["hosts"], "hosts", _parse_host)
     images = _parse_images(context, top["images"])
@@ -369,6 +383,9 @@ def _parse_settings(context: _Context, top: dict[str, Any]) -> dict[str, Any]:
         "ticks": context.as_int(top["ticks"], "ticks", 1),
         "tick_seconds": seconds,
         "batch_ticks": context.as_int(top["batch_ticks"], "batch_ticks", 1),
+        "repayment_invariant": context.as_bool(
+            top.get("repayment_invariant", True), "repayment_invariant"
+        ),
     }
 
 
@@ -506,6 +523,12 @@ def _parse_guest(
         workload=_parse_workload(
             context, table.get("workload", {}), f"{key}.workload"
         ),
+        bonus=_choice(
+            context, table.get("bonus", "none"), f"{key}.bonus", _BONUS
+        ),
+        bonus_fraction=_unit_float(
+            context, table.get("bonus_fraction", 0.5), f"{key}.bonus_fraction"
+        ),
     )
     if guest.memory_bytes > room:
         size, largest = format_size(guest.memory_bytes), format_size(room)
@@ -526,7 +549,11 @@ def _choice(
 
 def _fraction(context: _Context, table: dict[str, Any], key: str) -> float:
     key = f"{key}.boot_read_fraction"
-    fraction = context.as_float(table.get("boot_read_fraction", 0.5), key)
+    return _unit_float(context, table.get("boot_read_fraction", 0.5), key)
+
+
+def _unit_float(context: _Context, value: Any, key: str) -> float:
+    fraction = context.as_float(value, key)
     if not 0.0 <= fraction <= 1.0:
         context.fail(key, f"must be between 0 and 1, got {fraction}")
     return fraction
@@ -554,6 +581,7 @@ def _check_total_memory(
 
 def _dump_run(scenario: Scenario) -> str:
     settings = {key: getattr(scenario, key) for key in _TOP_KEYS[:5]}
+    settings["repayment_invariant"] = scenario.repayment_invariant
     return _dump_table(
         "# A cowsim scenario, resolved: one entry per host and guest,\n"
         "# image paths expanded and every default written out.",

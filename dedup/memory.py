@@ -108,20 +108,26 @@ class HostMemory:
 
     # Domains -------------------------------------------------------------
 
-    def create_domain(self, domid: int, n_pages: int) -> None:
-        """Give ``domid`` ``n_pages`` GFNs, each backed by a zero frame."""
+    def create_domain(
+        self, domid: int, n_pages: int, populated: int | None = None
+    ) -> None:
+        """Give ``domid`` ``n_pages`` GFNs; the first ``populated`` of them
+        (all by default) are backed by zero frames, the rest are empty,
+        ready to be populated later (as bonus pages are)."""
+        populated = n_pages if populated is None else populated
         if domid in self._ranges or domid < 0:
             raise ValueError(f"domain id {domid} is in use or invalid")
-        if n_pages > self.frames.free_frames:
+        if populated > self.frames.free_frames:
             raise MemoryError(
-                f"domain {domid} needs {n_pages} frames, "
+                f"domain {domid} needs {populated} frames, "
                 f"{self.frames.free_frames} free"
             )
         base = self.p2m.size
         self._ranges[domid] = (base, n_pages)
-        mfns = self.frames.allocate(n_pages, domid)
-        slots = np.arange(base, base + n_pages, dtype=np.int64)
-        self.p2m = np.concatenate([self.p2m, mfns])
+        mfns = self.frames.allocate(populated, domid)
+        slots = np.arange(base, base + populated, dtype=np.int64)
+        empty = np.full(n_pages - populated, -1, dtype=np.int64)
+        self.p2m = np.concatenate([self.p2m, mfns, empty])
         self.slot_dom = np.concatenate(
             [self.slot_dom, np.full(n_pages, domid, dtype=np.int32)]
         )
@@ -192,6 +198,7 @@ class HostMemory:
         gfns: np.ndarray,
         contents: np.ndarray,
         reclaim: Reclaimer | None = None,
+        zeroing: bool = False,
     ) -> WriteOutcome:
         """Write new contents at ``gfns``, serving copy-on-write faults.
 
@@ -199,7 +206,9 @@ class HostMemory:
         frames (for example from a repayment FIFO) and returns how many it
         freed. Writes that still find no frame are left undone and their
         GFNs returned in ``unsatisfied``; nothing is silently dropped.
-        Within one batch the last write to a GFN wins.
+        Within one batch the last write to a GFN wins. ``zeroing`` says the
+        guest declared these pages logically zero (it is allocating or
+        scrubbing them), so a fault needs no copy whatever the frame held.
         """
         gfns = np.asarray(gfns, dtype=np.int64)
         contents = np.asarray(contents, dtype=np.int64)
@@ -213,7 +222,7 @@ class HostMemory:
         faulting = self.frames.ro[mfns]
         done = ~faulting
         if faulting.any():
-            served = self._fault(domid, slots[faulting], reclaim)
+            served = self._fault(domid, slots[faulting], reclaim, zeroing)
             done[np.flatnonzero(faulting)[served]] = True
             mfns = self.p2m[slots]
         self.frames.content[mfns[done]] = contents[done]
@@ -422,6 +431,7 @@ class HostMemory:
         domid: int,
         slots: np.ndarray,
         reclaim: Reclaimer | None,
+        zeroing: bool,
     ) -> np.ndarray:
         """Serve write faults on ``slots``; return which were served."""
         f = self.frames
@@ -431,7 +441,7 @@ class HostMemory:
         # Every writer but the last of each frame takes a frame of its own.
         last = last_mask(mfns)
         others = np.flatnonzero(~last)
-        served[others] = self._copy_out(domid, slots[others], reclaim)
+        served[others] = self._copy_out(domid, slots[others], reclaim, zeroing)
 
         # A last writer that is now the frame's only mapping keeps it: the
         # frame becomes private again with no copy. Otherwise it copies too.
@@ -447,12 +457,16 @@ class HostMemory:
         served[keep_at] = True
         self.counters.faults_last += keep.size
         rest = lasts[~alone]
-        served[rest] = self._copy_out(domid, slots[rest], reclaim)
+        served[rest] = self._copy_out(domid, slots[rest], reclaim, zeroing)
 
         return served
 
     def _copy_out(
-        self, domid: int, slots: np.ndarray, reclaim: Reclaimer | None
+        self,
+        domid: int,
+        slots: np.ndarray,
+        reclaim: Reclaimer | None,
+        zeroing: bool,
     ) -> np.ndarray:
         """Give each slot a private copy of its frame; mask of those served.
 
@@ -475,7 +489,11 @@ class HostMemory:
         served[: fresh.size] = True
 
         c = self.counters
-        n_copy = int(np.count_nonzero(f.content[old] != ZERO_CONTENT))
+        n_copy = (
+            0
+            if zeroing
+            else int(np.count_nonzero(f.content[old] != ZERO_CONTENT))
+        )
         c.faults_copy += n_copy
         c.faults_nocopy += fresh.size - n_copy
         c.bytes_copied += n_copy * PAGE_SIZE

@@ -26,8 +26,11 @@ class HostActor:
         memory_pages: int,
         seed: int,
         tick_seconds: float,
+        repayment_invariant: bool = True,
     ) -> None:
-        self.host = Host(name, index, memory_pages, seed, tick_seconds)
+        self.host = Host(
+            name, index, memory_pages, seed, tick_seconds, repayment_invariant
+        )
 
     def boot(
         self,

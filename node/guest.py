@@ -50,9 +50,10 @@ from dedup.hints import (
 from node.image import Image
 
 R_FREE, R_CACHE, R_ANON, R_MAPPED = 0, 1, 2, 3
+R_ABSENT, R_VOLATILE, R_PINNED = 4, 5, 6
 
-# write(domid, gfns, contents) -> mask of the writes that were done
-Writer = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+# write(domid, gfns, contents, zeroing) -> mask of the writes that were done
+Writer = Callable[[int, np.ndarray, np.ndarray, bool], np.ndarray]
 ContentSource = Callable[[int], np.ndarray]
 
 
@@ -71,6 +72,16 @@ class GuestConfig:
     disk_write_pages_per_tick: int = 8
     anon_write_pages_per_tick: int = 128
     free_pages_per_tick: int = 32
+    burst_tick: int = 0
+    bonus: str = "none"
+    bonus_fraction: float = 0.5
+
+    @property
+    def bonus_capacity(self) -> int:
+        """GFNs set aside for bonus pages: as many as the guest's own."""
+        if self.bonus == "none" or self.kind != "pv":
+            return 0
+        return self.pages
 
 
 class Guest:
@@ -89,12 +100,19 @@ class Guest:
         self.image = image
         self.image_uid = image_uid
         self.rng = np.random.default_rng([seed, config.index])
+        # Bonus pages depend on sharing; their own generator keeps the
+        # workload identical with and without sharing.
+        self.bonus_rng = np.random.default_rng([seed, config.index, 1])
         n = config.pages
-        self.role = np.zeros(n, dtype=np.int8)
-        self.age = np.zeros(n, dtype=np.int64)
-        self.cache_block = np.full(n, -1, dtype=np.int64)
+        total = n + config.bonus_capacity
+        self.role = np.zeros(total, dtype=np.int8)
+        self.role[n:] = R_ABSENT
+        self.age = np.zeros(total, dtype=np.int64)
+        self.cache_block = np.full(total, -1, dtype=np.int64)
         self.block_gfn = np.full(image.n_blocks, -1, dtype=np.int64)
         self.modified = np.zeros(image.n_blocks, dtype=bool)
+        self.lost = np.zeros(image.n_blocks, dtype=bool)
+        self.refaults = 0
         self._data_blocks = _data_blocks(image)
         self._free = np.arange(n - 1, -1, -1, dtype=np.int64)
         self._n_free = n
@@ -135,6 +153,70 @@ class Guest:
                 return
             if rate:
                 step(rate, write, fresh)
+        if self._clock == c.burst_tick and not self.paused:
+            self.burst(write, fresh)
+
+    def burst(self, write: Writer, fresh: ContentSource) -> None:
+        """Write every populated page of the guest's own memory once."""
+        gfns = np.arange(self.config.pages, dtype=np.int64)
+        self._write(gfns, fresh(gfns.size), write)
+
+    # Bonus pages ---------------------------------------------------------
+
+    def absent_bonus_gfns(self, n: int) -> np.ndarray:
+        """Up to ``n`` bonus GFNs that have no frame now."""
+        base = self.config.pages
+        return base + np.flatnonzero(self.role[base:] == R_ABSENT)[:n]
+
+    def fill_bonus(
+        self,
+        gfns: np.ndarray,
+        write: Writer,
+        fresh: ContentSource,
+        volatile_share: float = 1.0,
+    ) -> np.ndarray:
+        """Use newly lent bonus pages; return those made volatile.
+
+        Volatile pages hold clean page cache: blocks not cached elsewhere,
+        read with no hint so that they stay private. A guest that breaks
+        its promise (``volatile_share`` < 1) keeps the rest as memory of
+        its own it will not give up.
+        """
+        n_volatile = round(volatile_share * gfns.size)
+        pinned = gfns[n_volatile:]
+        gfns = gfns[:n_volatile]
+        uncached = np.flatnonzero(self.block_gfn < 0)
+        take = min(gfns.size, uncached.size)
+        blocks = np.sort(self.bonus_rng.choice(uncached, take, replace=False))
+        contents = fresh(gfns.size)
+        cached = self.image.block_cids[blocks]
+        contents[:take] = np.where(
+            self.modified[blocks], contents[:take], cached
+        )
+        self._write(gfns, contents, write)
+        self._write(pinned, fresh(pinned.size), write)
+        self.role[gfns] = R_VOLATILE
+        self.role[pinned] = R_PINNED
+        self.cache_block[gfns[:take]] = blocks
+        self.block_gfn[blocks] = gfns[:take]
+        return gfns
+
+    def lose(self, gfns: np.ndarray, reclaimed: bool) -> None:
+        """Bonus pages given up: their cached blocks are gone. A block
+        lost to a reclaim costs a refault when it is read again."""
+        blocks = self.cache_block[gfns]
+        blocks = blocks[blocks >= 0]
+        self.block_gfn[blocks] = -1
+        if reclaimed:
+            self.lost[blocks] = True
+        self.cache_block[gfns] = -1
+        self.role[gfns] = R_ABSENT
+
+    def shared_pages(self, p2m: np.ndarray, count: np.ndarray) -> int:
+        """Pages of the guest's own memory that map a shared frame."""
+        mfns = p2m[: self.config.pages]
+        mfns = mfns[mfns >= 0]
+        return int(np.count_nonzero(count[mfns] >= 2))
 
     # Page cache ----------------------------------------------------------
 
@@ -144,6 +226,9 @@ class Guest:
         """Read disk blocks that are not cached into free GFNs."""
         blocks = unique(blocks)
         blocks = blocks[self.block_gfn[blocks] < 0]
+        lost = self.lost[blocks]
+        self.refaults += int(np.count_nonzero(lost))
+        self.lost[blocks[lost]] = False
         gfns = self._allocate(blocks.size)
         blocks = blocks[: gfns.size]
         contents = self.image.block_cids[blocks].copy()
@@ -184,6 +269,13 @@ class Guest:
         picks = self.rng.integers(0, self._data_blocks.size, rate)
         blocks = unique(self._data_blocks[picks])
         gfns = self.block_gfn[blocks]
+        # A block cached in a volatile page is dropped from the cache, so
+        # that volatile pages stay clean.
+        volatile = gfns >= 0
+        volatile[volatile] = self.role[gfns[volatile]] == R_VOLATILE
+        self.block_gfn[blocks[volatile]] = -1
+        self.cache_block[gfns[volatile]] = -1
+        gfns[volatile] = -1
         cached = gfns >= 0
         done = self._write(gfns[cached], fresh(int(cached.sum())), write)
         # A block whose cached page could not be written stays unmodified.
@@ -200,10 +292,12 @@ class Guest:
             self.rng.choice(anon, n_old, replace=False) if n_old else anon[:0]
         )
         new = self._allocate(rate - n_old)
-        gfns = np.concatenate([old, new])
-        done = self._write(gfns, fresh(gfns.size), write)
-        self.role[gfns[done]] = R_ANON
-        self._release(new[~done[n_old:]])
+        done_old = self._write(old, fresh(old.size), write)
+        # A page being allocated is logically zero: its fault needs no copy.
+        done_new = self._write(new, fresh(new.size), write, True)
+        self.role[old[done_old]] = R_ANON
+        self.role[new[done_new]] = R_ANON
+        self._release(new[~done_new])
 
     def _tick_frees(self, rate, write, fresh) -> None:
         anon = np.flatnonzero(self.role == R_ANON)
@@ -212,7 +306,7 @@ class Guest:
             return
         gfns = np.sort(self.rng.choice(anon, n, replace=False))
         # Scrubbing writes zeros: on a shared frame, a no-copy fault.
-        done = self._write(gfns, np.full(n, ZERO_CONTENT), write)
+        done = self._write(gfns, np.full(n, ZERO_CONTENT), write, True)
         gfns = gfns[done]
         self.role[gfns] = R_FREE
         self._release(gfns)
@@ -247,8 +341,12 @@ class Guest:
         self._free[top : top + gfns.size] = gfns[::-1]
         self._n_free = top + gfns.size
 
-    def _write(self, gfns, contents, write: Writer) -> np.ndarray:
-        done = write(self.domid, gfns, contents)
+    def _write(
+        self, gfns, contents, write: Writer, zeroing: bool = False
+    ) -> np.ndarray:
+        # Only a paravirtual guest can tell the hypervisor that it is
+        # zeroing a page, which spares the copy when the write faults.
+        done = write(self.domid, gfns, contents, zeroing and self.pv)
         if not done.all():
             self.paused = True
         return done

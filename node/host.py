@@ -11,8 +11,13 @@ disk) gets content ids from a counter of the host's own, numbered apart
 from every other host, so that runs are reproducible wherever each host
 runs.
 
-A write that finds no frame pauses its guest: the event is recorded in
-``events`` and logged, and the guest does nothing more in this run.
+Bonus pages: after sharing, each guest that opts in is lent frames in
+proportion to the pages it shares and fills them with volatile page cache
+it promises in its repayment FIFO (``dedup.repayment``); dom0 does the
+same for HVM guests. When a CoW fault finds the free pool empty, the host
+reclaims the oldest volatile pages. A write that still finds no frame
+pauses its guest: the event is recorded in ``events`` and logged, and the
+guest does nothing more in this run.
 
 This module does not import Ray; ``node.actor`` wraps it.
 """
@@ -26,7 +31,9 @@ import numpy as np
 from dedup.content import PAGE_SIZE, SYNTHETIC_BASE
 from dedup.hints import OUTCOMES, SOURCES, HintBatch
 from dedup.memory import HostMemory
+from dedup.repayment import Repayment
 from node.daemon import CowDaemon
+from node.dom0 import DOM0, ServiceDomain
 from node.guest import Guest, GuestConfig
 from node.image import Image
 
@@ -45,6 +52,7 @@ class Host:
         memory_pages: int,
         seed: int,
         tick_seconds: float = 1.0,
+        repayment_invariant: bool = True,
     ) -> None:
         self.name = name
         self.index = index
@@ -52,6 +60,9 @@ class Host:
         self.tick_seconds = tick_seconds
         self.memory = HostMemory(memory_pages)
         self.daemon = CowDaemon(self.memory)
+        self.repayment = Repayment(self.memory)
+        self.repayment_invariant = repayment_invariant
+        self.dom0: ServiceDomain | None = None
         self.guests: list[Guest] = []
         self.tick = 0
         self.events: list[dict] = []
@@ -64,9 +75,17 @@ class Host:
         image_uids: dict[str, int],
     ) -> dict:
         """Build each guest's domain, boot it, share what it hinted."""
+        hvm_bonus = sum(
+            c.pages for c in configs if c.kind == "hvm" and c.bonus != "none"
+        )
+        if hvm_bonus:
+            self.dom0 = ServiceDomain(hvm_bonus)
+            self.memory.create_domain(DOM0, hvm_bonus, populated=0)
         for config in configs:
             domid = len(self.guests) + 1  # dom0 is domain 0
-            self.memory.create_domain(domid, config.pages)
+            self.memory.create_domain(
+                domid, config.pages + config.bonus_capacity, config.pages
+            )
             guest = Guest(
                 domid,
                 config,
@@ -77,6 +96,7 @@ class Host:
             self.guests.append(guest)
             guest.boot(self._write, self._fresh)
         self._share()
+        self._adjust_bonus()
         self.memory.check()
         return self.sample()
 
@@ -89,6 +109,7 @@ class Host:
                 if not guest.paused:
                     guest.tick(self._write, self._fresh)
             self._share()
+            self._adjust_bonus()
             rows.append(self.sample())
         # Invariants stay on; checked once per batch as the full check
         # costs a pass over every frame.
@@ -131,6 +152,10 @@ class Host:
             for j, outcome in enumerate(OUTCOMES):
                 row[f"hints_{source}_{outcome}"] = int(outcomes[i, j])
         row.update(self.daemon.costs())
+        row.update(self.repayment.totals())
+        row["fifo_shortfall_pages"] = sum(self.repayment.shortfall().values())
+        row["refaults"] = sum(g.refaults for g in self._bonus_holders())
+        row["copy_avoided_bytes"] = c.faults_nocopy * PAGE_SIZE
         return row
 
     def digest(self) -> dict:
@@ -163,13 +188,71 @@ class Host:
         self._next_content += n
         return np.arange(first, first + n, dtype=np.int64)
 
+    def _bonus_holders(self) -> list:
+        return [*self.guests, *([self.dom0] if self.dom0 else [])]
+
+    def _holder(self, domid: int):
+        return self.dom0 if domid == DOM0 else self.guests[domid - 1]
+
+    def _adjust_bonus(self) -> None:
+        """Lend or take back bonus pages to match each policy's target.
+
+        A PV guest's target is ``bonus_fraction`` times the pages it
+        shares; dom0's is the sum of those of its HVM guests. New bonus
+        pages come only from the free pool.
+        """
+        f = self.memory.frames
+        targets: dict[int, int] = {}
+        for g in self.guests:
+            if g.config.bonus == "none":
+                continue
+            shared = g.shared_pages(self.memory.domain_p2m(g.domid), f.count)
+            domid = g.domid if g.pv else DOM0
+            want = int(g.config.bonus_fraction * shared)
+            targets[domid] = targets.get(domid, 0) + want
+        share = 1.0 if self.repayment_invariant else 0.5
+        for domid, target in targets.items():
+            holder = self._holder(domid)
+            if holder is not self.dom0 and holder.paused:
+                continue
+            current = self.repayment.bonus.get(domid, 0)
+            if target < current:
+                back = self.repayment.give_back(domid, current - target)
+                holder.lose(back, reclaimed=False)
+                continue
+            n = min(target - current, f.free_frames)
+            got = self.repayment.lend(domid, holder.absent_bonus_gfns(n))
+            volatile = holder.fill_bonus(got, self._write, self._fresh, share)
+            self.repayment.push(domid, volatile)
+        # The promise that makes lending safe, checked at every step.
+        if self.repayment_invariant:
+            short = self.repayment.shortfall()
+            assert not short, f"{self.name}: repayment FIFO short: {short}"
+
+    def _reclaim(self, n: int) -> int:
+        """Serve a fault from the oldest volatile pages of any FIFO."""
+        freed = self.repayment.reclaim(n)
+        for holder in self._bonus_holders():
+            lost = self.repayment.take_lost(holder.domid)
+            if lost.size:
+                holder.lose(lost, reclaimed=True)
+        return freed
+
     def _write(
-        self, domid: int, gfns: np.ndarray, contents: np.ndarray
+        self,
+        domid: int,
+        gfns: np.ndarray,
+        contents: np.ndarray,
+        zeroing: bool = False,
     ) -> np.ndarray:
-        outcome = self.memory.write(domid, gfns, contents)
+        outcome = self.memory.write(
+            domid, gfns, contents, reclaim=self._reclaim, zeroing=zeroing
+        )
         if outcome.unsatisfied.size == 0:
             return np.ones(gfns.size, dtype=bool)
-        guest = self.guests[domid - 1]
+        guest = self._holder(domid)
+        if guest is self.dom0:
+            raise AssertionError("dom0 fills only frames it was lent")
         event = {
             "tick": self.tick,
             "host": self.name,

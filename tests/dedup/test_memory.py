@@ -8,7 +8,7 @@ after every step each guest reads exactly that, and frames are conserved.
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from dedup.content import ZERO_CONTENT
@@ -314,3 +314,7 @@ def test_sharing_is_invisible_and_frames_are_conserved(ops):
             got = m.read(dom, np.arange(N_PAGES)).tolist()
             want = [expect[(dom, g)] for g in range(N_PAGES)]
             assert got == want
+    c = m.counters
+    event(f"shares: {c.shares > 0}")
+    event(f"copying faults: {c.faults_copy > 0}")
+    event(f"last-mapping faults: {c.faults_last > 0}")
