@@ -106,7 +106,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "-q", "--quiet", action="store_true", help="no progress display"
     )
+    bench = sub.add_parser(
+        "bench", help="benchmark the sharing engine (ratios, one run)"
+    )
+    bench.add_argument(
+        "--frames",
+        type=_frames,
+        default=1 << 22,
+        help="frames of the benchmark host (default: 4194304, 16 GiB)",
+    )
+    bench.add_argument("--seed", type=_seed, default=0, help="seed")
+    bench.add_argument(
+        "--json", type=Path, help="also write the results to this file"
+    )
     return parser
+
+
+def _frames(text: str) -> int:
+    try:
+        frames = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1024 <= frames <= 1 << 28:
+        raise argparse.ArgumentTypeError(
+            f"must be between 1024 and {1 << 28}: {frames}"
+        )
+    return frames
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         level=level, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        if args.command == "bench":
+            return _bench(args)
         return _run(args)
     except CowsimError as exc:
         print(f"cowsim: error: {exc}", file=sys.stderr)
@@ -143,6 +170,25 @@ def _run(args: argparse.Namespace) -> int:
     if args.linger < 0:
         raise CowsimError(f"--linger {args.linger}: must be >= 0")
     return _execute(args, scenario, results)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from cluster.bench import format_bench, run_bench
+
+    if args.json and args.json.is_dir():
+        raise CowsimError(f"--json {args.json}: is a directory")
+    rows = run_bench(args.frames, args.seed)
+    print(format_bench(rows))
+    if args.json:
+        try:
+            args.json.write_text(
+                json.dumps([r.as_dict() for r in rows], indent=2) + "\n"
+            )
+        except OSError as exc:
+            raise CowsimError(f"--json {args.json}: {exc.strerror}") from exc
+    return 0
 
 
 def _scenario_path(arg: str | None) -> str | None:

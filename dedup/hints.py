@@ -143,7 +143,7 @@ class HintTable:
         order = np.argsort(batch.keys, kind="stable")
         keys = batch.keys[order]
         sources = batch.sources[order]
-        slots = _slots(memory, batch.domids[order], batch.gfns[order])
+        slots = memory.slots_of(batch.domids[order], batch.gfns[order])
         mfns = np.where(slots >= 0, memory.p2m[np.maximum(slots, 0)], -1)
         outcome = np.full(keys.size, O_SHARED, dtype=np.int8)
         outcome[mfns < 0] = O_UNPOPULATED
@@ -219,18 +219,6 @@ class HintTable:
         inside = pos < self.keys.size
         hit[inside] = self.keys[pos[inside]] == ukeys[inside]
         return pos, hit
-
-
-def _slots(memory: HostMemory, domids, gfns) -> np.ndarray:
-    """Slots of (domain, GFN) pairs; -1 for a domain that is gone."""
-    out = np.full(gfns.size, -1, dtype=np.int64)
-    # Domain ids are small: counting finds them without a sort.
-    for domid in np.flatnonzero(np.bincount(domids)).tolist():
-        if domid not in memory.domains():
-            continue
-        sel = domids == domid
-        out[sel] = memory.slots(domid, gfns[sel])
-    return out
 
 
 def _group_starts(

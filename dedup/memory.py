@@ -158,6 +158,28 @@ class HostMemory:
             raise IndexError(f"GFN out of range for domain {domid}")
         return base + gfns
 
+    def slots_of(self, domids: np.ndarray, gfns: np.ndarray) -> np.ndarray:
+        """Slots of (domain, GFN) pairs, -1 where the domain is gone;
+        raises IndexError when a live domain's GFN is out of range."""
+        domids = np.asarray(domids, dtype=np.int64)
+        gfns = np.asarray(gfns, dtype=np.int64)
+        if domids.size == 0:
+            return np.empty(0, dtype=np.int64)
+        if domids.min() < 0:
+            raise IndexError("negative domain id")
+        # Domain ids are small: a table indexed by id replaces a search.
+        top = int(domids.max()) + 1
+        base = np.full(top, -1, dtype=np.int64)
+        size = np.zeros(top, dtype=np.int64)
+        for domid, (first, n) in self._ranges.items():
+            if domid < top:
+                base[domid], size[domid] = first, n
+        first = base[domids]
+        live = first >= 0
+        if np.any(live & ((gfns < 0) | (gfns >= size[domids]))):
+            raise IndexError("GFN out of range for its domain")
+        return np.where(live, first + gfns, -1)
+
     def domain_p2m(self, domid: int) -> np.ndarray:
         """A read-only view of ``domid``'s GFN -> MFN map."""
         base, n = self._ranges[domid]
@@ -266,14 +288,17 @@ class HostMemory:
         pending = np.flatnonzero(result == SHARED)
         forward: dict[int, int] = {}
         while pending.size:
-            # Frames merged away in an earlier round live on in their
-            # source: follow them, then check the pair again.
-            _follow(sources, pending, forward)
-            _follow(clients, pending, forward)
-            result[pending] = self._validate(
-                sources[pending], clients[pending]
-            )
-            pending = pending[result[pending] == SHARED]
+            if forward:
+                # Frames merged away in an earlier round live on in their
+                # source: follow them, then check the pair again.
+                _follow(sources, pending, forward)
+                _follow(clients, pending, forward)
+                result[pending] = self._validate(
+                    sources[pending], clients[pending]
+                )
+                pending = pending[result[pending] == SHARED]
+                if not pending.size:
+                    break
             round_ = _independent(sources[pending], clients[pending])
             chosen = pending[round_]
             self._merge(sources[chosen], clients[chosen], kinds[chosen])
