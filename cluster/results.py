@@ -99,6 +99,10 @@ def write_results(result: RunResult, directory: Path) -> dict:
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=parent))
     try:
+        # mkdtemp makes a private directory; results get the usual mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
         (tmp / "scenario.toml").write_text(dump_scenario(result.scenario))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _write_csv(tmp / "timeseries.csv", result.series)
@@ -112,6 +116,13 @@ def write_results(result: RunResult, directory: Path) -> dict:
 def check_results_dir(directory: Path) -> None:
     """Refuse a results directory that exists and is not empty."""
     directory = Path(directory)
+    for parent in directory.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CowsimError(
+                    f"--results {directory}: {parent} is not a directory"
+                )
+            break
     if directory.exists() and (
         not directory.is_dir() or any(directory.iterdir())
     ):
