@@ -277,6 +277,11 @@ def _init_ray(address: str) -> None:
 
     if ray.is_initialized():
         return
+    # Token authentication is what a local instance should have; Ray's
+    # notice about it on every start is noise in a run's output.
+    logging.getLogger(
+        "ray._private.authentication.authentication_token_setup"
+    ).setLevel(logging.ERROR)
     try:
         # Worker output is not forwarded: hosts report their events, which
         # the summary prints, and a failed actor's error is caught here.
