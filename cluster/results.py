@@ -178,4 +178,13 @@ def format_table(summary: dict) -> str:
             f"unsatisfied faults: {unsatisfied:,}; guests paused: "
             f"{c['guests_paused']} (see events in summary.json)"
         )
+    for event in summary.get("events", [])[:_EVENTS_SHOWN]:
+        lines.append(
+            f"  tick {event['tick']}: {event['guest']} paused on "
+            f"{event['host']}, {event['pages']:,} writes found no frame"
+        )
     return "\n".join(lines)
+
+
+# The table lists the first pause events; summary.json has all of them.
+_EVENTS_SHOWN = 8
