@@ -200,7 +200,7 @@ class Coordinator:
             # however Ray would have packed them. Results do not depend on
             # it; the host's seed comes from the scenario and its index.
             node = NodeAffinitySchedulingStrategy(
-                nodes[index % len(nodes)], soft=True
+                nodes[index % len(nodes)], soft=False
             )
             actor = HostActor.options(
                 num_cpus=0, scheduling_strategy=node
