@@ -105,9 +105,7 @@ def _prometheus_config(prom_dir: Path) -> Path:
     config["global"]["scrape_interval"] = f"{SCRAPE_SECONDS}s"
     config["global"]["evaluation_interval"] = f"{SCRAPE_SECONDS}s"
     config["scrape_configs"] = [
-        job
-        for job in config["scrape_configs"]
-        if "file_sd_configs" in job
+        job for job in config["scrape_configs"] if "file_sd_configs" in job
     ]
     for name in config["rule_files"]:
         (prom_dir / name).write_text((SHIPPED / name).read_text())
