@@ -204,3 +204,43 @@ def test_prometheus_config_scrapes_loopback_only():
         {"files": ["runs/*.json"]}
     ]
     assert prom["rule_files"] == ["cowsim.rules.yml"]
+
+
+def _unknown_keys(ours, back, path="") -> list[str]:
+    """Keys of ``ours`` that a round trip through the schema dropped."""
+    if isinstance(ours, dict) and isinstance(back, dict):
+        out = [f"{path}.{k}" for k in ours if k not in back]
+        for k in ours.keys() & back.keys():
+            out += _unknown_keys(ours[k], back[k], f"{path}.{k}")
+        return out
+    if isinstance(ours, list) and isinstance(back, list):
+        assert len(ours) == len(back), path
+        return [
+            key
+            for a, b in zip(ours, back, strict=True)
+            for key in _unknown_keys(a, b, f"{path}[]")
+        ]
+    return []
+
+
+def test_dashboards_fit_grafanas_dashboard_schema():
+    """Every key is one of Grafana's schema types, read back the same.
+
+    grafana-foundation-sdk's types are generated from Grafana's own
+    dashboard schema. ``definition`` (the text Grafana shows for a query
+    variable) and a null ``id`` are the only keys its model leaves out.
+    """
+    sdk = pytest.importorskip("grafana_foundation_sdk")
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    assert sdk
+    for name, d in dashboards().items():
+        model = Dashboard.from_json(d)
+        back = json.loads(json.dumps(model, cls=JSONEncoder))
+        unknown = set(_unknown_keys(d, back))
+        assert unknown == {".id", ".templating.list[].definition"}, name
+        assert back["uid"] == d["uid"]
+        assert [p["type"] for p in back["panels"]] == [
+            p["type"] for p in d["panels"]
+        ]
