@@ -53,7 +53,7 @@ def scenario(tmp: Path) -> Path:
         """
 name = "live"
 seed = 5
-ticks = 240
+ticks = 360
 tick_seconds = 1.0
 batch_ticks = 2
 
@@ -222,7 +222,7 @@ def test_run_was_discovered_and_scraped(live):
     ticks = server.query_range("cowsim_tick", live["start"], live["end"])
     assert len(ticks) == 1
     values = [float(v) for _, v in ticks[0]["values"]]
-    assert max(values) == 240 and min(values) < 240
+    assert max(values) == 360 and min(values) < 360
     # The run withdrew its discovery file when it stopped serving, and
     # Prometheus dropped the target.
     assert list(live["sd_dir"].glob("*.json")) == []
@@ -302,7 +302,7 @@ def test_backfilled_run_answers_the_same_panels(live):
             "job": "cowsim_backfill",
             "instance": "run-live",
         }
-        assert float(ticks[0]["values"][-1][1]) == 240
+        assert float(ticks[0]["values"][-1][1]) == 360
         variables = {
             "job": "cowsim_backfill",
             "instance": "run-live",
