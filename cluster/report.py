@@ -3,7 +3,7 @@
 Each results directory gets ``plots/*.png`` and ``report.html``. The
 report embeds the same plots as data URIs and needs nothing else: it
 opens from a file, offline, in any browser. Plots are drawn against
-simulated time with matplotlib's Agg backend (no display needed):
+simulated time with matplotlib's Agg canvas (no display needed):
 
 - ``saved_per_host.png``: memory saved on each host, against what a
   perfect deduplicator would save (dashed);
@@ -26,15 +26,12 @@ import html
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dedup.hints import SOURCES  # noqa: E402
-from node.host import FAULT_KINDS  # noqa: E402
+from dedup.hints import SOURCES
+from node.host import FAULT_KINDS
 
 MIB = 2**20
 PLOTS = (
@@ -79,20 +76,26 @@ def write_report(
         fig.suptitle(caption)
         path = plots / f"{name}.png"
         fig.savefig(path, dpi=90, metadata={"Software": None})
-        plt.close(fig)
         images[name] = path.read_bytes()
     (directory / "report.html").write_text(render_html(summary, images))
 
 
 def _figure(rows: int = 1):
-    fig, axes = plt.subplots(
-        rows, 1, figsize=(8, 3.2 * rows), sharex=True, squeeze=False
-    )
+    # A bare Figure, not pyplot: no global state, and PNGs are drawn by
+    # the Agg canvas whatever backend the host process has selected.
+    fig = Figure(figsize=(8, 3.2 * rows))
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)
     for ax in axes[:, 0]:
         ax.grid(True, alpha=0.3)
     axes[-1, 0].set_xlabel("simulated time (s)")
     fig.set_layout_engine("tight")
     return fig, [ax for ax in axes[:, 0]]
+
+
+def _counts(ax) -> None:
+    """A y axis of whole counts from 0, still readable when all are 0."""
+    ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _saved_per_host(s: Series):
@@ -141,6 +144,7 @@ def _faults(s: Series):
     for kind in FAULT_KINDS:
         top.plot(s.time, s.per_tick("cluster", f"faults_{kind}"), label=kind)
     top.set_ylabel("faults per tick")
+    _counts(top)
     top.legend(loc="upper right", fontsize="small", ncol=4)
     bottom.plot(
         s.time, s.per_tick("cluster", "bytes_copied") / MIB, label="copied"
@@ -151,6 +155,7 @@ def _faults(s: Series):
         label="not copied (logically zero)",
     )
     bottom.set_ylabel("MiB per tick")
+    bottom.set_ylim(bottom=0)
     bottom.legend(loc="upper right", fontsize="small")
     return fig
 
@@ -164,10 +169,12 @@ def _repayment(s: Series):
     ):
         top.plot(s.time, s.col("cluster", key), label=label)
     top.set_ylabel("pages")
+    _counts(top)
     top.legend(loc="upper right", fontsize="small")
     bottom.plot(s.time, s.per_tick("cluster", "repaid_pages"), label="repaid")
     bottom.plot(s.time, s.per_tick("cluster", "refaults"), label="refaults")
     bottom.set_ylabel("pages per tick")
+    _counts(bottom)
     bottom.legend(loc="upper right", fontsize="small")
     return fig
 
