@@ -115,8 +115,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="while serving metrics, announce the endpoint in "
         "DIR/NAME.json for Prometheus's file discovery",
     )
+    bench = sub.add_parser(
+        "bench", help="benchmark the sharing engine (ratios, one run)"
+    )
+    bench.add_argument(
+        "--frames",
+        type=_frames,
+        default=1 << 22,
+        help="frames of the benchmark host (default: 4194304, 16 GiB)",
+    )
+    bench.add_argument("--seed", type=_seed, default=0, help="seed")
+    bench.add_argument(
+        "--json", type=Path, help="also write the results to this file"
+    )
     _add_openmetrics_parser(sub)
     return parser
+
+
+def _frames(text: str) -> int:
+    try:
+        frames = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1024 <= frames <= 1 << 28:
+        raise argparse.ArgumentTypeError(
+            f"must be between 1024 and {1 << 28}: {frames}"
+        )
+    return frames
 
 
 def _add_openmetrics_parser(sub) -> None:
@@ -162,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         level=level, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        if args.command == "bench":
+            return _bench(args)
         if args.command == "openmetrics":
             return _openmetrics(args)
         return _run(args)
@@ -192,6 +219,25 @@ def _run(args: argparse.Namespace) -> int:
 
         check_sd_dir(args.prometheus_sd)
     return _execute(args, scenario, results)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from cluster.bench import format_bench, run_bench
+
+    if args.json and args.json.is_dir():
+        raise CowsimError(f"--json {args.json}: is a directory")
+    rows = run_bench(args.frames, args.seed)
+    print(format_bench(rows))
+    if args.json:
+        try:
+            args.json.write_text(
+                json.dumps([r.as_dict() for r in rows], indent=2) + "\n"
+            )
+        except OSError as exc:
+            raise CowsimError(f"--json {args.json}: {exc.strerror}") from exc
+    return 0
 
 
 def _openmetrics(args: argparse.Namespace) -> int:
