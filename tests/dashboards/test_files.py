@@ -244,3 +244,9 @@ def test_dashboards_fit_grafanas_dashboard_schema():
         assert [p["type"] for p in back["panels"]] == [
             p["type"] for p in d["panels"]
         ]
+
+
+def test_every_rule_is_documented():
+    text = (ROOT / "dashboards" / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([^`]+)` \|", text, re.M))
+    assert documented == {r["record"] for r in rules()}
