@@ -8,6 +8,8 @@ it in ``tests/dashboards/test_prometheus.py``.
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +174,40 @@ def test_command_bad_input_is_one_line_exit_2(args, needle):
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert needle in proc.stderr
+
+
+def test_promtool_backfills_a_run_spanning_several_blocks(tmp_path):
+    """Ten simulated hours: promtool cuts 2 h blocks, none refused."""
+    promtool = shutil.which("promtool")
+    if not promtool:
+        pytest.skip("Debian's prometheus package is not installed")
+    long_rows = []
+    for row in rows():
+        row = dict(row)
+        row["sim_time_seconds"] = row["tick"] * 9000.0
+        long_rows.append(row)
+    om = tmp_path / "long.om"
+    om.write_text(to_openmetrics(long_rows, default_end_seconds(), "long"))
+    proc = subprocess.run(
+        [
+            promtool,
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            om,
+            tmp_path / "b",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    blocks = [p for p in (tmp_path / "b").iterdir() if p.is_dir()]
+    assert len(blocks) == TICKS + 1  # 2.5 h apart: one tick per block
+    samples = sum(
+        json.loads((b / "meta.json").read_text())["stats"]["numSamples"]
+        for b in blocks
+    )
+    assert samples == sum(
+        1 for line in om.read_text().splitlines() if not line.startswith("#")
+    )
