@@ -59,6 +59,7 @@ class RunResult:
     events: list[dict] = field(default_factory=list)
     images: dict[str, dict] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    boot_seconds: float = 0.0
 
 
 def place(scenario: Scenario) -> dict[str, str]:
@@ -143,8 +144,13 @@ class Coordinator:
         state: RunState | None = None,
         progress: Progress | None = None,
         images: dict[str, Image] | None = None,
+        pace_seconds: float = 0.0,
     ) -> None:
         self.scenario = scenario
+        # Least wall time per simulated tick: 0 runs as fast as it can; a
+        # watcher (Prometheus scraping every few seconds) wants a slower,
+        # steadier run. It changes no result.
+        self.pace_seconds = pace_seconds
         self.images = images
         self.state = state or RunState()
         self.progress = progress
@@ -166,6 +172,8 @@ class Coordinator:
             for name, img in images.items()
         }
         result.series.extend(self._start_hosts(images))
+        ticking = time.monotonic()
+        result.boot_seconds = ticking - started
 
         done = 0
         while done < s.ticks:
@@ -180,6 +188,9 @@ class Coordinator:
             self.state.update(latest)
             if self.progress:
                 self.progress(done, latest)
+            behind = ticking + done * self.pace_seconds - time.monotonic()
+            if behind > 0:
+                time.sleep(behind)
 
         result.final = self.state.samples()
         digests = ray.get([a.digest.remote() for a in self.actors])
