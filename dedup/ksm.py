@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dedup.arrays import last_mask
+from dedup.arrays import first_index, last_mask
 from dedup.content import PAGE_SIZE, ZERO_CONTENT
 from dedup.frames import COW_DOMAIN
 from dedup.hints import SCAN
@@ -108,6 +108,9 @@ class KsmScanner:
         n = memory.frames.n_frames
         self.node_len = np.full(n, -1, dtype=np.int64)
         self.node_cid = np.zeros(n, dtype=np.int64)
+        self.node_stamp = np.zeros(n, dtype=np.int64)
+        self._chains = np.empty(0, dtype=np.int64)
+        self._stamp = 0
         self.item = np.zeros(0, dtype=np.int8)
         self.oldsum = np.zeros(0, dtype=np.uint32)
         self.head = np.zeros(0, dtype=np.int64)
@@ -165,13 +168,9 @@ class KsmScanner:
         sharing = int(lens.sum()) - shared
         unshared = int(np.count_nonzero(self.item == UNSTABLE))
         items = int(np.count_nonzero(self.item != NO_ITEM))
-        alive = np.sort(self.node_cid[self.node_len >= 0])
-        chains = dups = 0
-        if alive.size:
-            starts = np.flatnonzero(np.r_[True, alive[1:] != alive[:-1]])
-            sizes = np.diff(np.r_[starts, alive.size])
-            chains = int(np.count_nonzero(sizes >= 2))
-            dups = int(sizes[sizes >= 2].sum())
+        alive = self.node_cid[self.node_len >= 0]
+        chains = int(self._chains.size)
+        dups = int(np.count_nonzero(np.isin(alive, self._chains)))
         return {
             "pages_shared": shared,
             "pages_sharing": sharing,
@@ -199,7 +198,51 @@ class KsmScanner:
         self._attach(slots[shared], mfns[shared])
         slots, mfns = slots[~shared], mfns[~shared]
 
-        # Private pages leave their tree and are checksummed.
+        # Private pages, in chunks that keep the kernel's order wherever
+        # a page leaving a node would give room to an earlier page.
+        start = 0
+        while start < slots.size:
+            end = self._chunk_end(slots, mfns, start)
+            self._visit_private(slots[start:end], mfns[start:end])
+            start = end
+
+    def _chunk_end(
+        self, slots: np.ndarray, mfns: np.ndarray, start: int
+    ) -> int:
+        """End of the longest run of private pages from ``start`` that
+        can be handled as one batch.
+
+        Within a batch every page leaves its node before any page joins
+        one. That changes nothing unless a page leaves a live node of
+        content X after a steady page of content X came in the run: the
+        kernel would not have given that earlier page the room. The
+        batch ends before the first such page.
+        """
+        slots, mfns = slots[start:], mfns[start:]
+        leaving = np.flatnonzero(self.item[slots] == STABLE)
+        if leaving.size == 0:
+            return start + slots.size
+        heads = self.head[slots[leaving]]
+        live = self._node_valid(heads)
+        leaving, heads = leaving[live], heads[live]
+        cids = self.memory.frames.content[mfns]
+        steady = np.flatnonzero(self.oldsum[slots] == page_checksum32(cids))
+        if leaving.size == 0 or steady.size == 0:
+            return start + slots.size
+        first = steady[first_index(cids[steady])]
+        order = np.argsort(cids[first])
+        keys = cids[first][order]
+        left = self.node_cid[heads]
+        pos = np.minimum(np.searchsorted(keys, left), keys.size - 1)
+        found = keys[pos] == left
+        conflict = found & (first[order][pos] < leaving)
+        if not conflict.any():
+            return start + slots.size
+        return start + int(leaving[np.flatnonzero(conflict)[0]])
+
+    def _visit_private(self, slots: np.ndarray, mfns: np.ndarray) -> None:
+        """Pages not mapping a KSM frame: leave, checksum, merge."""
+        m = self.memory
         self._detach(slots)
         fresh = self.item[slots] == NO_ITEM
         self.item[slots[fresh]] = PLAIN
@@ -362,7 +405,7 @@ class KsmScanner:
         ucids = g_cids[start]
 
         # Room in the stable nodes of each content, and its unstable page.
-        nodes, room, first_room = self._stable_room(ucids)
+        nodes, room, first_room, n_live = self._stable_room(ucids)
         partner = self._unstable_lookup(ucids)
         n_stable = int(np.count_nonzero(self.node_len >= 0))
         n_unstable = int(self._u_cids.size)
@@ -393,6 +436,7 @@ class KsmScanner:
         ]
         src.append(target)
         cli.append(sorted_mfns[at])
+        self._restamp(nodes, target)
         # Pairs: this page becomes a new KSM frame with its partner.
         at_pair = np.flatnonzero(pairs)
         from_tree = (q[at_pair] == 1) & (offset[at_pair] == 1)
@@ -420,6 +464,10 @@ class KsmScanner:
         self._stable_append(mate_slots, made)
         self._stable_append(sorted_slots[at_new], sorted_mfns[maker])
         self.node_cid[made] = g_cids[at_pair]
+        self._new_stamps(made)
+        n_made = np.bincount(group[at_pair], minlength=ucids.size)
+        chained = (n_made > 0) & (n_live + n_made >= 2)
+        self._chains = np.union1d(self._chains, ucids[chained])
         self._unstable_insert(sorted_slots[tail], g_cids[tail])
 
         self.work.lookups += n * tree_depth(n_stable)
@@ -430,26 +478,66 @@ class KsmScanner:
 
     def _stable_room(
         self, ucids: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Live nodes of the given contents that can take sharers.
 
-        Returns those nodes sorted by content, the room per content, and
+        Returns those nodes sorted by content, the room per content,
         where each content's room starts in the running sum of the
-        nodes' room. Stale nodes of these contents are removed on the way,
-        as the kernel does when its search meets them.
+        nodes' room, and the live nodes per content. Stale nodes of these
+        contents are removed on the way, as the kernel does when its
+        search meets them, and a chain left with one node or none is
+        dissolved, as the kernel collapses it.
         """
         alive = np.flatnonzero(self.node_len >= 0)
         alive = alive[np.isin(self.node_cid[alive], ucids)]
         valid = self._node_valid(alive)
         self._remove_nodes(alive[~valid])
         alive = alive[valid]
+        live = np.sort(self.node_cid[alive])
+        n_live = np.searchsorted(live, ucids, side="right") - np.searchsorted(
+            live, ucids, side="left"
+        )
+        self._chains = self._chains[~np.isin(self._chains, ucids[n_live <= 1])]
         nodes = alive[self._node_room(alive) > 0]
-        nodes = nodes[np.argsort(self.node_cid[nodes], kind="stable")]
+        # Within a content, the fullest node first: the dup the kernel
+        # picks when it prunes a chain at each search.
+        nodes = nodes[
+            np.lexsort(
+                (
+                    -self.node_stamp[nodes],
+                    -self.node_len[nodes],
+                    self.node_cid[nodes],
+                )
+            )
+        ]
         room_each = self._node_room(nodes)
         lo = np.searchsorted(self.node_cid[nodes], ucids, side="left")
         hi = np.searchsorted(self.node_cid[nodes], ucids, side="right")
         running = np.r_[0, np.cumsum(room_each)]
-        return nodes, running[hi] - running[lo], running[lo]
+        return nodes, running[hi] - running[lo], running[lo], n_live
+
+    def _new_stamps(self, mfns: np.ndarray) -> None:
+        """Put new nodes at the head of their chain, in order."""
+        self.node_stamp[mfns] = self._stamp + np.arange(mfns.size)
+        self._stamp += int(mfns.size)
+
+    def _restamp(self, nodes: np.ndarray, target: np.ndarray) -> None:
+        """Move the nodes that took sharers to the head of their chain.
+
+        The kernel moves the dup it picks to the head of the chain when
+        it can take one more sharer after this one; a node filled by
+        several pages of a run moves at its first. Nodes are filled in
+        the order of ``nodes``, which is the order they move in.
+        """
+        if target.size == 0:
+            return
+        used = np.zeros(self.node_len.size, dtype=bool)
+        used[target] = True
+        moved = nodes[used[nodes]]
+        # Room before this run's joins, counted on ``node_len`` that
+        # does not include them yet.
+        moved = moved[self.node_len[moved] + 1 < self.params.max_page_sharing]
+        self._new_stamps(moved)
 
     def _node_room(self, mfns: np.ndarray) -> np.ndarray:
         """How many more sharers each node takes (0 for an empty node)."""
