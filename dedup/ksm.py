@@ -474,7 +474,7 @@ class KsmScanner:
         self.work.lookups += int(np.count_nonzero(~joins_old)) * tree_depth(
             n_unstable
         )
-        self.work.bytes_compared += 2 * PAGE_SIZE * int(sources.size)
+        self.work.bytes_compared += PAGE_SIZE * int(sources.size)
 
     def _stable_room(
         self, ucids: np.ndarray

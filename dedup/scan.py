@@ -28,6 +28,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from dedup.content import PAGE_SIZE
+from dedup.frames import COW_DOMAIN, FREE
+from dedup.memory import SHARED, HostMemory
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -125,3 +127,86 @@ class CostModel:
 def tree_depth(n_nodes: int) -> int:
     """Key compares of a search in a balanced tree of ``n_nodes``."""
     return max(1, int(n_nodes).bit_length())
+
+
+class ContentTable:
+    """A hash table of page contents: shared frames and hint entries.
+
+    After VMware ESX: a page whose hash is new is recorded as a *hint
+    entry* (the frame that held it, not write-protected); a later page
+    with the same hash is compared with that frame, re-hashed first since
+    it may have changed, and when equal both are shared and the entry
+    becomes a *shared* entry, which later pages join after one compare.
+    Entries are sorted numpy arrays searched with ``searchsorted``; an
+    entry whose frame was freed or rewritten is replaced when met.
+    """
+
+    def __init__(self, source: int) -> None:
+        self.source = source
+        self.keys = np.empty(0, dtype=np.int64)
+        self.mfns = np.empty(0, dtype=np.int64)
+        self.cids = np.empty(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.keys.size)
+
+    def offer(
+        self, memory: HostMemory, mfns: np.ndarray, work: ScanWork
+    ) -> None:
+        """Look up hashed pages (their frames), share what matches."""
+        if mfns.size == 0:
+            return
+        f = memory.frames
+        cids = f.content[mfns]
+        keys = page_hash64(cids)
+        order = np.argsort(keys, kind="stable")
+        keys, mfns, cids = keys[order], mfns[order], cids[order]
+        start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        ukeys = keys[start]
+        group = np.repeat(
+            np.arange(start.size), np.diff(np.r_[start, keys.size])
+        )
+
+        # The recorded frame of each key, if it still holds the content.
+        pos = np.searchsorted(self.keys, ukeys)
+        pos_c = np.minimum(pos, max(self.keys.size - 1, 0))
+        hit = np.zeros(ukeys.size, dtype=bool)
+        if self.keys.size:
+            hit = self.keys[pos_c] == ukeys
+        target = np.full(ukeys.size, -1, dtype=np.int64)
+        rec = self.mfns[pos_c[hit]]
+        hinted = f.owner[rec] != COW_DOMAIN
+        # A hint entry's frame is read again before it is trusted.
+        work.pages_hashed += int(np.count_nonzero(hinted))
+        ok = (f.owner[rec] != FREE) & (f.content[rec] == self.cids[pos_c[hit]])
+        target[np.flatnonzero(hit)[ok]] = rec[ok]
+        fresh = target < 0
+        target[fresh] = mfns[start[fresh]]
+        work.lookups += int(ukeys.size) * tree_depth(len(self) + 1)
+
+        # Every other page of the key is compared with the target.
+        t = target[group]
+        pairs = np.flatnonzero((mfns != t) & (f.content[t] == cids))
+        work.bytes_compared += int(pairs.size) * PAGE_SIZE
+        if pairs.size:
+            both = np.unique(np.concatenate([t[pairs], mfns[pairs]]))
+            memory.mark_page_ro(both)
+            codes = memory.share_mfns(t[pairs], mfns[pairs], self.source)
+            work.hypercalls += 2
+            work.share_ops += int(np.count_nonzero(codes == SHARED))
+
+        # Record the target of each key (shared now, or a hint entry).
+        alive = f.owner[target] != FREE
+        self._record(ukeys[alive], target[alive], f.content[target[alive]])
+
+    def _record(self, keys, mfns, cids) -> None:
+        pos = np.searchsorted(self.keys, keys)
+        hit = np.zeros(keys.size, dtype=bool)
+        inside = pos < self.keys.size
+        hit[inside] = self.keys[pos[inside]] == keys[inside]
+        self.mfns[pos[hit]] = mfns[hit]
+        self.cids[pos[hit]] = cids[hit]
+        new = ~hit
+        self.keys = np.insert(self.keys, pos[new], keys[new])
+        self.mfns = np.insert(self.mfns, pos[new], mfns[new])
+        self.cids = np.insert(self.cids, pos[new], cids[new])
