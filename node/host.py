@@ -32,6 +32,7 @@ from dedup.content import PAGE_SIZE, SYNTHETIC_BASE
 from dedup.hints import OUTCOMES, SOURCES, HintBatch
 from dedup.memory import HostMemory
 from dedup.repayment import Repayment
+from dedup.strategy import Detectors, Strategy, cpu_seconds, hint_work
 from node.daemon import CowDaemon
 from node.dom0 import DOM0, ServiceDomain
 from node.guest import Guest, GuestConfig
@@ -53,6 +54,7 @@ class Host:
         seed: int,
         tick_seconds: float = 1.0,
         repayment_invariant: bool = True,
+        strategy: Strategy | None = None,
     ) -> None:
         self.name = name
         self.index = index
@@ -67,6 +69,10 @@ class Host:
         self.tick = 0
         self.events: list[dict] = []
         self._next_content = SYNTHETIC_BASE + (index << 40)
+        self.strategy = strategy or Strategy()
+        self.detectors = Detectors(
+            self.memory, self.strategy, seed, tick_seconds
+        )
 
     def boot(
         self,
@@ -156,7 +162,21 @@ class Host:
         row["fifo_shortfall_pages"] = sum(self.repayment.shortfall().values())
         row["refaults"] = sum(g.refaults for g in self._bonus_holders())
         row["copy_avoided_bytes"] = c.faults_nocopy * PAGE_SIZE
+        row.update(self._scan_costs())
         return row
+
+    def _scan_costs(self) -> dict:
+        """What the scanners did, and the daemon's estimated CPU time."""
+        work = self.detectors.work()
+        total = hint_work(self.daemon.table)
+        total.add(work)
+        return {
+            "pages_scanned": work.pages_scanned,
+            "pages_hashed": work.pages_hashed,
+            "scan_bytes_compared": work.bytes_compared,
+            "scan_hypercalls": work.hypercalls,
+            "daemon_cpu_seconds": round(cpu_seconds(total), 9),
+        }
 
     def digest(self) -> dict:
         """What content is resident here, for the cluster catalog.
@@ -181,7 +201,10 @@ class Host:
 
     def _share(self) -> None:
         batch = HintBatch.concat([g.take_hints() for g in self.guests])
-        self.daemon.process(batch)
+        # A host without hints drops them: its guests emit them anyway.
+        if self.strategy.hints:
+            self.daemon.process(batch)
+        self.detectors.tick()
 
     def _fresh(self, n: int) -> np.ndarray:
         first = self._next_content
