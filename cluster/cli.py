@@ -106,7 +106,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "-q", "--quiet", action="store_true", help="no progress display"
     )
+    _add_compare(sub)
     return parser
+
+
+def _add_compare(sub) -> None:
+    compare = sub.add_parser(
+        "compare",
+        help="run a scenario once per duplicate-finding strategy",
+    )
+    compare.add_argument(
+        "scenario", nargs="?", help="scenario file or shipped name"
+    )
+    compare.add_argument(
+        "--strategies",
+        help="comma-separated: hints, ksm, sampling, blocks, hints+ksm "
+        "(default: all)",
+    )
+    compare.add_argument("--seed", type=_seed, help="override the seed")
+    compare.add_argument(
+        "--out",
+        type=Path,
+        help="output directory (default: results/compare-NAME-TIMESTAMP)",
+    )
+    compare.add_argument(
+        "--address",
+        help="Ray cluster address (default: RAY_ADDRESS, else start one)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "compare":
+        return _compare(args)
     # Imported here so that `cowsim --help` and bad input stay fast.
     from cluster.results import check_results_dir
     from cluster.scenario import load_scenario
@@ -143,6 +171,53 @@ def _run(args: argparse.Namespace) -> int:
     if args.linger < 0:
         raise CowsimError(f"--linger {args.linger}: must be >= 0")
     return _execute(args, scenario, results)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import ray
+
+    from cluster.compare import (
+        format_table,
+        parse_strategies,
+        run_strategies,
+        summarize,
+        write_compare,
+    )
+    from cluster.coordinator import load_images, place
+    from cluster.results import check_results_dir
+    from cluster.scenario import load_scenario
+
+    strategies = parse_strategies(args.strategies)
+    scenario = load_scenario(_scenario_path(args.scenario))
+    if args.seed is not None:
+        scenario = scenario.with_seed(args.seed)
+    out = args.out or Path("results") / (
+        f"compare-{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    )
+    check_results_dir(out)
+    place(scenario)
+    images = load_images(scenario)
+    _init_ray(args.address)
+
+    def done(name, result) -> None:
+        print(
+            f"{name}: {result.wall_seconds:.1f} s wall",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        series = run_strategies(scenario, strategies, images, done)
+    except ray.exceptions.RayError as exc:
+        first = str(exc).strip().splitlines()[0]
+        print(f"cowsim: error: run failed: {first}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    summaries = {name: summarize(rows) for name, rows in series.items()}
+    table = format_table(summaries)
+    write_compare(out, scenario, series, summaries, table)
+    print(table)
+    print(f"results: {out}")
+    return 0
 
 
 def _scenario_path(arg: str | None) -> str | None:

@@ -199,6 +199,42 @@ METRICS: tuple[MetricDef, ...] = (
         "mark_page_ro and share_mfns batches issued.",
         _one("hypercalls"),
     ),
+    MetricDef(
+        "scanned_pages",
+        "counter",
+        (),
+        "Guest pages visited by content scanners (KSM, sampling, blocks).",
+        _one("pages_scanned"),
+    ),
+    MetricDef(
+        "hashed_pages",
+        "counter",
+        (),
+        "Pages whose 4 KiB content scanners read to hash or checksum.",
+        _one("pages_hashed"),
+    ),
+    MetricDef(
+        "scan_compared_bytes",
+        "counter",
+        (),
+        "Bytes compared by content scanners before merging.",
+        _one("scan_bytes_compared"),
+    ),
+    MetricDef(
+        "scan_hypercalls",
+        "counter",
+        (),
+        "mark_page_ro and share_mfns batches issued by content scanners.",
+        _one("scan_hypercalls"),
+    ),
+    MetricDef(
+        "daemon_cpu_seconds",
+        "counter",
+        (),
+        "Estimated CPU time of the CoW daemon (hints and scanners), from "
+        "the cost model's per-operation times.",
+        _one("daemon_cpu_seconds"),
+    ),
 )
 
 

@@ -44,6 +44,11 @@ _FIELDS = (
     "repaid_pages",
     "refaults",
     "copy_avoided_bytes",
+    "pages_scanned",
+    "pages_hashed",
+    "scan_bytes_compared",
+    "scan_hypercalls",
+    "daemon_cpu_seconds",
 )
 
 
