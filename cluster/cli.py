@@ -194,7 +194,7 @@ def _compare(args: argparse.Namespace) -> int:
     out = args.out or Path("results") / (
         f"compare-{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
     )
-    check_results_dir(out)
+    check_results_dir(out, "--out")
     place(scenario)
     images = load_images(scenario)
     _init_ray(args.address)

@@ -114,14 +114,15 @@ def write_results(result: RunResult, directory: Path) -> dict:
     return summary
 
 
-def check_results_dir(directory: Path) -> None:
-    """Refuse a results directory that exists and is not empty."""
+def check_results_dir(directory: Path, option: str = "--results") -> None:
+    """Refuse a results directory that exists and is not empty;
+    ``option`` is the command-line option that named it."""
     directory = Path(directory)
     if directory.exists() and (
         not directory.is_dir() or any(directory.iterdir())
     ):
         raise CowsimError(
-            f"--results {directory}: exists and is not an empty directory"
+            f"{option} {directory}: exists and is not an empty directory"
         )
 
 
