@@ -10,9 +10,13 @@ never a Python object per page):
   full scan in which an unstable item was inserted);
 - the stable tree: per frame, ``node_len`` (-1 when the frame is no KSM
   page, else the number of rmap items hanging off it, the kernel's
-  rmap_hlist_len) and ``node_cid`` (the content it was made with). Nodes
-  of equal content are the dups of a chain; a node takes new sharers
-  while it has fewer than ``max_page_sharing`` items;
+  rmap_hlist_len), ``node_cid`` (the content it was made with) and
+  ``node_stamp`` (its place in its chain: the highest stamp is the head).
+  Nodes of equal content are the dups of a chain; a node takes new
+  sharers while it has fewer than ``max_page_sharing`` items. The
+  contents that have a chain are listed in a sorted array: a chain is
+  made when a second node of its content is, and dissolved when a search
+  of its content finds one node or none left (the kernel's collapse);
 - the unstable tree: sorted arrays of (content, slot) for the pages
   inserted during the current full scan, emptied when a scan starts.
 
@@ -26,10 +30,12 @@ A visit, per page, in scan order (slots in order, domain by domain):
    A checksum that changed since the last visit makes the page volatile:
    it is only recorded. With ``use_zero_pages``, a page whose checksum
    is that of the zero page and whose bytes are zero is merged with the
-   zero frame. Otherwise the page joins a stable node of its content
-   that has room, else merges with the unstable page of its content into
-   a new KSM frame (a new dup when the content has full nodes), else is
-   inserted in the unstable tree.
+   zero frame. Otherwise the page joins the fullest stable node of its
+   content that has room (the nearest the head of the chain among
+   equals, which then moves to the head if it can take one more), else
+   merges with the unstable page of its content into a new KSM frame (a
+   new dup when the content has full nodes), else is inserted in the
+   unstable tree.
 
 Counters have the kernel's meaning: ``pages_shared`` nodes with items,
 ``pages_sharing`` items beyond the first of each node, ``pages_unshared``
@@ -37,13 +43,22 @@ unstable items, ``pages_volatile`` the other items, ``full_scans``,
 ``stable_node_chains`` and ``stable_node_dups``, ``ksm_zero_pages``.
 
 A visit handles a whole run of pages at once, grouping them by content
-and replaying the order within each group, which gives the kernel's
-result except in one respect: every page of the run first leaves its old
-tree position, then the merges happen, so a node that a page of the run
-leaves has room for a page of the run that came *before* it. Stale nodes
-(their frame freed or reused) are removed when an item pointing to them
-is visited or when their content is searched; the kernel also removes
-stale nodes it passes while walking the tree, which is not modelled.
+and replaying the order within each group. Every page of a run leaves
+its old node before any page joins one, which is the kernel's order
+except when a page leaves a node of a content that an earlier page of
+the run looked for: the run is cut before such a page, so the result is
+the kernel's. Stale nodes (their frame freed or rewritten) are removed
+when an item pointing to them is visited or when their content is
+searched. The kernel also removes stale nodes, and collapses chains,
+that it merely passes while walking the red-black tree to another
+content; which ones depends on the tree's shape, which is not modelled,
+so counters can lag the kernel's until the content is searched or its
+items visited.
+
+Chains are picked from as when ``stable_node_chains_prune_millisecs``
+is 0 (every search prunes and takes the fullest dup); with the kernel's
+default of 2 s, searches between prunes take the dup at the head of the
+chain, which changes which dup fills first, not how many pages merge.
 The kernel's smart scan (skipping pages that did not merge for a while)
 and its advisor are left out: the scanner behaves as with
 ``smart_scan = 0`` and a fixed ``pages_to_scan``.

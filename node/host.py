@@ -2,7 +2,9 @@
 
 A host steps in simulated ticks. In each tick every running guest does
 its workload (reads, writes, frees; see ``node.guest``), then the daemon
-verifies and shares what the guests hinted. After every tick the host
+verifies and shares what the guests hinted, and runs the content
+scanners the host's ``Strategy`` turns on (``dedup.strategy``); a host
+without hints drops what its guests hint. After every tick the host
 takes a *sample*: a flat dict of gauges and running totals that becomes
 one row of the time series and feeds the metrics.
 
