@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dedup.arrays import unique
 from dedup.content import PAGE_SIZE
 from dedup.hints import BLOCK, SCAN
 from dedup.memory import SAME_FRAME, HostMemory
@@ -151,7 +152,7 @@ class BlockScanner:
             cli = mfns[share].ravel()
             differ = src != cli
             src, cli = src[differ], cli[differ]
-            m.mark_page_ro(np.unique(np.concatenate([src, cli])))
+            m.mark_page_ro(unique(np.concatenate([src, cli])))
             codes = m.share_mfns(src, cli, BLOCK)
             self.work.hypercalls += 2
             self.work.share_ops += int(np.count_nonzero(share))

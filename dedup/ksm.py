@@ -70,7 +70,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dedup.arrays import first_index, last_mask
+from dedup.arrays import first_index, last_mask, member, unique
 from dedup.content import PAGE_SIZE, ZERO_CONTENT
 from dedup.frames import COW_DOMAIN
 from dedup.hints import SCAN
@@ -185,7 +185,7 @@ class KsmScanner:
         items = int(np.count_nonzero(self.item != NO_ITEM))
         alive = self.node_cid[self.node_len >= 0]
         chains = int(self._chains.size)
-        dups = int(np.count_nonzero(np.isin(alive, self._chains)))
+        dups = int(np.count_nonzero(member(alive, self._chains)))
         return {
             "pages_shared": shared,
             "pages_sharing": sharing,
@@ -318,7 +318,7 @@ class KsmScanner:
         if stable.size:
             heads = self.head[stable]
             gone = ~self._node_valid(heads)
-            self._remove_nodes(np.unique(heads[gone]))
+            self._remove_nodes(unique(heads[gone]))
             live = stable[~gone]
             np.subtract.at(self.node_len, self.head[live], 1)
             self.item[live] = PLAIN
@@ -331,7 +331,7 @@ class KsmScanner:
         if slots.size == 0:
             return
         f = self.memory.frames
-        adopt = np.unique(mfns[~self._node_valid(mfns)])
+        adopt = unique(mfns[~self._node_valid(mfns)])
         self._remove_nodes(adopt[self.node_len[adopt] >= 0])
         self.node_len[adopt] = 0
         self.node_cid[adopt] = f.content[adopt]
@@ -358,8 +358,10 @@ class KsmScanner:
         """Drop stale nodes; their items become plain."""
         if mfns.size == 0:
             return
+        gone = np.zeros(self.node_len.size, dtype=bool)
+        gone[mfns] = True
         hanging = np.flatnonzero(
-            (self.item == STABLE) & np.isin(self.head, mfns)
+            (self.item == STABLE) & gone[np.maximum(self.head, 0)]
         )
         self.item[hanging] = PLAIN
         self.head[hanging] = -1
@@ -482,7 +484,7 @@ class KsmScanner:
         self._new_stamps(made)
         n_made = np.bincount(group[at_pair], minlength=ucids.size)
         chained = (n_made > 0) & (n_live + n_made >= 2)
-        self._chains = np.union1d(self._chains, ucids[chained])
+        self._chains = unique(np.concatenate([self._chains, ucids[chained]]))
         self._unstable_insert(sorted_slots[tail], g_cids[tail])
 
         self.work.lookups += n * tree_depth(n_stable)
@@ -504,7 +506,7 @@ class KsmScanner:
         dissolved, as the kernel collapses it.
         """
         alive = np.flatnonzero(self.node_len >= 0)
-        alive = alive[np.isin(self.node_cid[alive], ucids)]
+        alive = alive[member(self.node_cid[alive], ucids)]
         valid = self._node_valid(alive)
         self._remove_nodes(alive[~valid])
         alive = alive[valid]
@@ -512,7 +514,7 @@ class KsmScanner:
         n_live = np.searchsorted(live, ucids, side="right") - np.searchsorted(
             live, ucids, side="left"
         )
-        self._chains = self._chains[~np.isin(self._chains, ucids[n_live <= 1])]
+        self._chains = self._chains[~member(self._chains, ucids[n_live <= 1])]
         nodes = alive[self._node_room(alive) > 0]
         # Within a content, the fullest node first: the dup the kernel
         # picks when it prunes a chain at each search.
@@ -608,7 +610,7 @@ class KsmScanner:
         if sources.size == 0:
             return
         m = self.memory
-        m.mark_page_ro(np.unique(np.concatenate([sources, clients])))
+        m.mark_page_ro(unique(np.concatenate([sources, clients])))
         codes = m.share_mfns(sources, clients, SCAN)
         self.work.hypercalls += 2
         self.work.share_ops += int(sources.size)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dedup.arrays import unique
 from dedup.frames import COW_DOMAIN
 from dedup.hints import SCAN
 from dedup.memory import HostMemory
@@ -56,7 +57,7 @@ class SamplingScanner:
         if n == 0:
             return
         k = min(self.params.pages_per_tick, n)
-        slots = np.unique(self.rng.integers(0, n, k))
+        slots = unique(self.rng.integers(0, n, k))
         mfns = m.p2m[slots]
         mfns = mfns[mfns >= 0]
         self.work.pages_scanned += int(mfns.size)

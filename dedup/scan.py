@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from dedup.arrays import unique
 from dedup.content import PAGE_SIZE
 from dedup.frames import COW_DOMAIN, FREE
 from dedup.memory import SHARED, HostMemory
@@ -189,7 +190,7 @@ class ContentTable:
         pairs = np.flatnonzero((mfns != t) & (f.content[t] == cids))
         work.bytes_compared += int(pairs.size) * PAGE_SIZE
         if pairs.size:
-            both = np.unique(np.concatenate([t[pairs], mfns[pairs]]))
+            both = unique(np.concatenate([t[pairs], mfns[pairs]]))
             memory.mark_page_ro(both)
             codes = memory.share_mfns(t[pairs], mfns[pairs], self.source)
             work.hypercalls += 2
