@@ -156,8 +156,11 @@ def plot(series: dict[str, list[dict]], summaries, path: Path, title: str):
     ax.set_title(title)
     ax.legend(fontsize=8)
     names = list(summaries)
-    bars.barh(names, [summaries[n]["daemon_cpu_seconds"] for n in names])
-    bars.set_xscale("symlog", linthresh=1e-3)
+    cpu = [summaries[n]["daemon_cpu_seconds"] for n in names]
+    bars.barh(names, cpu)
+    for y, value in enumerate(cpu):
+        bars.text(value, y, f" {value:.2f}", va="center", fontsize=8)
+    bars.set_xlim(0, 1.25 * max(cpu, default=1) or 1)
     bars.set_xlabel("estimated daemon CPU (s)")
     bars.invert_yaxis()
     fig.tight_layout()
