@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "scenario",
         nargs="?",
         help="scenario TOML file, or the name of a shipped scenario "
-        "(default, worstcase, worstcase-broken); default: default",
+        "(default, worstcase, worstcase-broken, transient); default: default",
     )
     run.add_argument(
         "--address",
