@@ -42,11 +42,16 @@ class SamplingScanner:
     """Random pages into a hash table, within a rate limit."""
 
     def __init__(
-        self, memory: HostMemory, params: SamplingParams, seed: int
+        self,
+        memory: HostMemory,
+        params: SamplingParams,
+        seed: int,
+        stream: int = 0,
     ) -> None:
+        """``seed`` is the run's; ``stream`` tells hosts apart."""
         self.memory = memory
         self.params = params
-        self.rng = np.random.default_rng([seed, 0x5A3])
+        self.rng = np.random.default_rng([seed, stream, 0x5A3])
         self.table = ContentTable(SCAN)
         self.work = ScanWork()
 

@@ -56,6 +56,7 @@ class Detectors:
         strategy: Strategy,
         seed: int,
         tick_seconds: float,
+        index: int = 0,
     ) -> None:
         self.strategy = strategy
         self.ksm = None
@@ -67,7 +68,7 @@ class Detectors:
                 1, round(tick_seconds * 1000 / strategy.ksm.sleep_millisecs)
             )
         self.sampling = (
-            SamplingScanner(memory, strategy.sampling, seed)
+            SamplingScanner(memory, strategy.sampling, seed, index)
             if strategy.sampling is not None
             else None
         )

@@ -73,7 +73,7 @@ class Host:
         self._next_content = SYNTHETIC_BASE + (index << 40)
         self.strategy = strategy or Strategy()
         self.detectors = Detectors(
-            self.memory, self.strategy, seed, tick_seconds
+            self.memory, self.strategy, seed, tick_seconds, index
         )
 
     def boot(
