@@ -70,7 +70,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dedup.arrays import first_index, last_mask, member, unique
+from dedup.arrays import last_mask, member, unique
 from dedup.content import PAGE_SIZE, ZERO_CONTENT
 from dedup.frames import COW_DOMAIN
 from dedup.hints import SCAN
@@ -213,47 +213,55 @@ class KsmScanner:
         self._attach(slots[shared], mfns[shared])
         slots, mfns = slots[~shared], mfns[~shared]
 
-        # Private pages, in chunks that keep the kernel's order wherever
-        # a page leaving a node would give room to an earlier page.
-        start = 0
-        while start < slots.size:
-            end = self._chunk_end(slots, mfns, start)
-            self._visit_private(slots[start:end], mfns[start:end])
-            start = end
+        # Pages mapping KSM frames are taken before the private pages
+        # of the run: the same as the kernel's order unless hints shared
+        # frames during the scan (a KSM-only host's merged pages are
+        # already on their nodes).
+        bounds = [0, *self._cuts(slots, mfns), slots.size]
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            self._visit_private(slots[lo:hi], mfns[lo:hi])
 
-    def _chunk_end(
-        self, slots: np.ndarray, mfns: np.ndarray, start: int
-    ) -> int:
-        """End of the longest run of private pages from ``start`` that
-        can be handled as one batch.
+    def _cuts(self, slots: np.ndarray, mfns: np.ndarray) -> list[int]:
+        """Where to cut a run of private pages into batches.
 
         Within a batch every page leaves its node before any page joins
         one. That changes nothing unless a page leaves a live node of
-        content X after a steady page of content X came in the run: the
-        kernel would not have given that earlier page the room. The
-        batch ends before the first such page.
+        content X after a steady page of content X came earlier in the
+        batch: the kernel would not have given that earlier page the
+        room. A batch is cut before each such page.
         """
-        slots, mfns = slots[start:], mfns[start:]
         leaving = np.flatnonzero(self.item[slots] == STABLE)
         if leaving.size == 0:
-            return start + slots.size
+            return []
         heads = self.head[slots[leaving]]
         live = self._node_valid(heads)
-        leaving, heads = leaving[live], heads[live]
+        leaving, left = leaving[live], self.node_cid[heads[live]]
         cids = self.memory.frames.content[mfns]
         steady = np.flatnonzero(self.oldsum[slots] == page_checksum32(cids))
         if leaving.size == 0 or steady.size == 0:
-            return start + slots.size
-        first = steady[first_index(cids[steady])]
-        order = np.argsort(cids[first])
-        keys = cids[first][order]
-        left = self.node_cid[heads]
-        pos = np.minimum(np.searchsorted(keys, left), keys.size - 1)
-        found = keys[pos] == left
-        conflict = found & (first[order][pos] < leaving)
-        if not conflict.any():
-            return start + slots.size
-        return start + int(leaving[np.flatnonzero(conflict)[0]])
+            return []
+
+        # The last steady page of the leaving page's content before it,
+        # searched on one key: content rank, then position in the run.
+        n = slots.size + 1
+        ukeys = unique(cids[steady])
+        rank = np.searchsorted(ukeys, cids[steady])
+        key = np.sort(rank * n + steady)
+        r = np.minimum(np.searchsorted(ukeys, left), ukeys.size - 1)
+        k = np.searchsorted(key, r * n + leaving) - 1
+        found = (ukeys[r] == left) & (k >= 0)
+        found[found] = key[k[found]] // n == r[found]
+        prev = np.where(found, key[np.maximum(k, 0)] % n, -1)
+
+        # Cut in order; a cut moves the start of the batch.
+        maybe = prev >= 0
+        cuts, start = [], 0
+        pairs = zip(leaving[maybe].tolist(), prev[maybe].tolist(), strict=True)
+        for pos, last in pairs:
+            if last >= start:
+                cuts.append(pos)
+                start = pos
+        return cuts
 
     def _visit_private(self, slots: np.ndarray, mfns: np.ndarray) -> None:
         """Pages not mapping a KSM frame: leave, checksum, merge."""
