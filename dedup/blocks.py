@@ -143,10 +143,13 @@ class BlockScanner:
         g = group[np.argsort(order)]
         same = t_ok[g] & (cids == t_cids[g]).all(axis=1)
         is_target = (starts[:, None] + np.arange(b) == t_slots[g]).all(axis=1)
-        self.work.bytes_compared += int(np.count_nonzero(~is_target)) * (
+        # A block mapping the target's frames already needs no compare.
+        already = (mfns == t_mfns[g]).all(axis=1)
+        compared = ~is_target & ~already
+        self.work.bytes_compared += int(np.count_nonzero(compared)) * (
             b * PAGE_SIZE
         )
-        share = same & ~is_target
+        share = same & compared
         if share.any():
             src = t_mfns[g[share]].ravel()
             cli = mfns[share].ravel()
@@ -161,7 +164,7 @@ class BlockScanner:
 
         # Record the first slot of each fingerprint's block.
         self._record(ufps, np.where(t_ok, t_slots[:, 0], starts[first_of]))
-        return share
+        return same & ~is_target
 
     def _record(self, keys: np.ndarray, first: np.ndarray) -> None:
         pos = np.searchsorted(self.keys, keys)
