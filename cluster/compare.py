@@ -84,11 +84,25 @@ def _first_time(rows: list[dict], fraction: float) -> float | None:
     return None
 
 
+def reach(rows: list[dict]) -> dict:
+    """How fast and how much of the potential a run's saving caught:
+    the saved share of the potential integrated over the ticks, and the
+    first simulated times at which the saving reached 50% and 90% of the
+    potential (None if it never did)."""
+    last = rows[-1]
+    potential = last["potential_byte_seconds"]
+    return {
+        "caught_over_time": round(last["saved_byte_seconds"] / potential, 6)
+        if potential
+        else 1.0,
+        "seconds_to_50": _first_time(rows, 0.5),
+        "seconds_to_90": _first_time(rows, 0.9),
+    }
+
+
 def summarize(rows: list[dict]) -> dict:
     """What one strategy achieved, and what it cost."""
     last = rows[-1]
-    potential = sum(r["potential_bytes"] for r in rows)
-    saved = sum(min(r["saved_bytes"], r["potential_bytes"]) for r in rows)
     return {
         "saved_bytes": last["saved_bytes"],
         "potential_bytes": last["potential_bytes"],
@@ -97,9 +111,7 @@ def summarize(rows: list[dict]) -> dict:
         )
         if last["potential_bytes"]
         else 1.0,
-        "caught_over_time": round(saved / potential, 6) if potential else 1.0,
-        "seconds_to_50": _first_time(rows, 0.5),
-        "seconds_to_90": _first_time(rows, 0.9),
+        **reach(rows),
         "pages_hashed": last["pages_hashed"],
         "bytes_compared": last["bytes_compared"] + last["scan_bytes_compared"],
         "hypercalls": last["hypercalls"] + last["scan_hypercalls"],

@@ -235,6 +235,22 @@ METRICS: tuple[MetricDef, ...] = (
         "the cost model's per-operation times.",
         _one("daemon_cpu_seconds"),
     ),
+    MetricDef(
+        "saved_byte_seconds",
+        "counter",
+        (),
+        "Memory saved integrated over simulated time; divided by the "
+        "potential's integral, the share of sharing caught while it lasted.",
+        _one("saved_byte_seconds"),
+    ),
+    MetricDef(
+        "potential_saved_byte_seconds",
+        "counter",
+        (),
+        "Memory a perfect deduplicator would have saved, integrated over "
+        "simulated time.",
+        _one("potential_byte_seconds"),
+    ),
 )
 
 

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from cluster.compare import reach
 from cluster.coordinator import RunResult, cluster_row
 from cluster.scenario import dump_scenario
 from dedup.errors import CowsimError
@@ -80,7 +81,13 @@ def summarize(result: RunResult) -> dict:
         ]
         entry.update(_entry(by_host[host.name]))
         hosts.append(entry)
+    for entry in hosts:
+        rows = [r for r in result.series if r["host"] == entry["name"]]
+        entry["detection"] = reach(rows)
     cluster = _entry(cluster_row(result.final))
+    cluster["detection"] = reach(
+        [r for r in result.series if r["host"] == "cluster"]
+    )
     cluster["hosts"] = len(s.hosts)
     cluster["guests"] = len(s.guests)
     return {

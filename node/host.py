@@ -72,6 +72,10 @@ class Host:
         self.events: list[dict] = []
         self._next_content = SYNTHETIC_BASE + (index << 40)
         self.strategy = strategy or Strategy()
+        # Saved and potential memory integrated over the ticks run: their
+        # ratio is the share of the sharing caught while it existed.
+        self._saved_byte_seconds = 0.0
+        self._potential_byte_seconds = 0.0
         self.detectors = Detectors(
             self.memory, self.strategy, seed, tick_seconds, index
         )
@@ -118,7 +122,7 @@ class Host:
                     guest.tick(self._write, self._fresh)
             self._share()
             self._adjust_bonus()
-            rows.append(self.sample())
+            rows.append(self._integrate(self.sample()))
         # Invariants stay on; checked once per batch as the full check
         # costs a pass over every frame.
         self.memory.check()
@@ -167,6 +171,16 @@ class Host:
         row.update(self._scan_costs())
         return row
 
+    def _integrate(self, row: dict) -> dict:
+        """Add this tick's saved and potential memory to their totals."""
+        self._saved_byte_seconds += row["saved_bytes"] * self.tick_seconds
+        self._potential_byte_seconds += (
+            row["potential_bytes"] * self.tick_seconds
+        )
+        row["saved_byte_seconds"] = self._saved_byte_seconds
+        row["potential_byte_seconds"] = self._potential_byte_seconds
+        return row
+
     def _scan_costs(self) -> dict:
         """What the scanners did, and the daemon's estimated CPU time."""
         work = self.detectors.work()
@@ -178,6 +192,8 @@ class Host:
             "scan_bytes_compared": work.bytes_compared,
             "scan_hypercalls": work.hypercalls,
             "daemon_cpu_seconds": round(cpu_seconds(total), 9),
+            "saved_byte_seconds": self._saved_byte_seconds,
+            "potential_byte_seconds": self._potential_byte_seconds,
         }
 
     def digest(self) -> dict:

@@ -70,3 +70,17 @@ def test_a_scanner_alone_finds_sharing_invisibly(images, transient):
     saved = scanned.memory.saved_by_source(len(SOURCES))
     assert saved[SCAN] == s["saved_scan_bytes"] // 4096
     assert saved[GUEST] == 0
+
+
+def test_saved_and_potential_are_integrated_over_ticks(images):
+    host = Host("h", 0, 4096, seed=5, tick_seconds=0.5)
+    host.boot(configs(), images, {"a": 1, "b": 2})
+    rows = host.step(6)
+    last = rows[-1]
+    assert last["saved_byte_seconds"] == sum(
+        0.5 * r["saved_bytes"] for r in rows
+    )
+    assert last["potential_byte_seconds"] == sum(
+        0.5 * r["potential_bytes"] for r in rows
+    )
+    assert 0 < last["saved_byte_seconds"] <= last["potential_byte_seconds"]
