@@ -28,11 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.catalog import Catalog
 from cluster.metrics import RunState
 from cluster.scenario import PAGE_SIZE, Scenario, ScenarioError
 from dedup.content import ContentStore
+from dedup.errors import ImageError
 from node.actor import HostActor
 from node.guest import GuestConfig
 from node.image import Image, load_image
@@ -83,9 +85,13 @@ def load_images(scenario: Scenario) -> dict[str, Image]:
     store = ContentStore()
     images = {}
     for spec in scenario.images:
-        images[spec.name] = load_image(
-            spec.name, spec.paths, store, spec.exclude, spec.max_bytes
-        )
+        try:
+            images[spec.name] = load_image(
+                spec.name, spec.paths, store, spec.exclude, spec.max_bytes
+            )
+        except ImageError as exc:
+            key = f"images.{spec.name}"
+            raise ImageError(f"{scenario.source}: {key}: {exc}") from exc
         log.info("image %s: %d blocks", spec.name, images[spec.name].n_blocks)
     log.info(
         "%d distinct pages in %d images", store.distinct_pages, len(images)
@@ -189,10 +195,17 @@ class Coordinator:
         s = self.scenario
         uids = {spec.name: i + 1 for i, spec in enumerate(s.images)}
         images_ref = ray.put(images)
+        nodes = _alive_nodes()
         boots = []
         for index, host in enumerate(s.hosts):
+            # Hosts go round-robin over the nodes: every node gets its share
+            # however Ray would have packed them. Results do not depend on
+            # it; the host's seed comes from the scenario and its index.
+            node = NodeAffinitySchedulingStrategy(
+                nodes[index % len(nodes)], soft=True
+            )
             actor = HostActor.options(
-                num_cpus=0, scheduling_strategy="SPREAD"
+                num_cpus=0, scheduling_strategy=node
             ).remote(
                 host.name,
                 index,
@@ -218,3 +231,8 @@ class Coordinator:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
+
+
+def _alive_nodes() -> list[str]:
+    """Ids of the cluster's live nodes, in a stable order."""
+    return sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
