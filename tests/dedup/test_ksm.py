@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from dedup.ksm import KsmParams, KsmScanner
+from dedup.ksm_reference import ReferenceKsm
 from dedup.memory import HostMemory
-from tests.dedup.ksm_reference import ReferenceKsm
 
 
 def _pair(n_pages: int, params: KsmParams, n_domains: int = 2):

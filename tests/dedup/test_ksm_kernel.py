@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from dedup.ksm import COUNTERS, KsmParams, KsmScanner
+from dedup.ksm_reference import ReferenceKsm
 from dedup.memory import HostMemory
 from tests.dedup import kernel_ksm
-from tests.dedup.ksm_reference import ReferenceKsm
 
 MAX_SHARING = 4
 

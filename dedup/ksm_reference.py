@@ -4,7 +4,8 @@ It follows ``cmp_and_merge_page`` of Linux's ``mm/ksm.c`` one page at a
 time, with Python dicts for the rmap items and the two trees, on the same
 ``HostMemory`` as the vectorised scanner, so that both can be run on the
 same contents and compared counter by counter. It is slow (a Python loop
-per page) and used only by tests.
+per page): tests check the vectorised scanner and the kernel against it,
+and ``cowsim bench`` measures how much faster the vectorised one is.
 
 Stable nodes are keyed by the MFN of their KSM frame; a node is stale
 when its frame left the cow domain or changed content. Stale nodes are
@@ -49,6 +50,7 @@ class ReferenceKsm:
         self.items: dict[int, Item] = {}
         self.nodes: dict[int, list[int]] = {}  # mfn -> slots hanging
         self.node_cid: dict[int, int] = {}
+        self.by_cid: dict[int, set[int]] = {}  # content -> node MFNs
         # Chain order: the highest stamp is the head of the chain's list.
         self.stamp: dict[int, int] = {}
         self.clock = 0
@@ -61,6 +63,9 @@ class ReferenceKsm:
     def full_scan(self) -> None:
         """One full scan over every slot."""
         self.unstable = {}
+        # No page is written during a scan: checksum every page up front.
+        mapped = np.maximum(self.m.p2m, 0)
+        self._sums = page_checksum32(self.m.frames.content[mapped]).tolist()
         for slot in range(self.m.p2m.size):
             if self._anon(slot):
                 self._visit(slot)
@@ -108,16 +113,14 @@ class ReferenceKsm:
                 return
             if not self._valid(mfn):
                 self._remove_node(mfn)
-                self.nodes[mfn] = []
-                self.node_cid[mfn] = int(f.content[mfn])
-                self._to_head(mfn)
+                self._new_node(mfn, int(f.content[mfn]))
             self._leave(slot)
             self._append(slot, mfn)
             return
 
         self._leave(slot)
         cid = int(f.content[mfn])
-        checksum = int(page_checksum32(np.array([cid]))[0])
+        checksum = self._sums[slot]
         if item.oldsum != checksum:
             item.oldsum = checksum
             return
@@ -134,13 +137,11 @@ class ReferenceKsm:
         if partner >= 0 and self._unstable_ok(partner, cid):
             del self.unstable[cid]
             mate = int(self.m.p2m[partner])
-            if cid in self.node_cid.values():
+            if self.by_cid.get(cid):
                 self.chains.add(cid)
             self._remove_node(mfn)
             self._share(mfn, mate)
-            self.nodes[mfn] = []
-            self.node_cid[mfn] = cid
-            self._to_head(mfn)
+            self._new_node(mfn, cid)
             self.items[partner].kind = PLAIN
             self._append(partner, mfn)
             self._append(slot, mfn)
@@ -173,11 +174,19 @@ class ReferenceKsm:
             del self.unstable[item.key]
         item.kind, item.head = PLAIN, -1
 
+    def _new_node(self, mfn: int, cid: int) -> None:
+        self.nodes[mfn] = []
+        self.node_cid[mfn] = cid
+        self.by_cid.setdefault(cid, set()).add(mfn)
+        self._to_head(mfn)
+
     def _remove_node(self, mfn: int) -> None:
         for slot in self.nodes.pop(mfn, []):
             self.items[slot].kind = PLAIN
             self.items[slot].head = -1
-        self.node_cid.pop(mfn, None)
+        cid = self.node_cid.pop(mfn, None)
+        if cid is not None:
+            self.by_cid[cid].discard(mfn)
 
     def _append(self, slot: int, mfn: int) -> None:
         item = self.items[slot]
@@ -188,7 +197,7 @@ class ReferenceKsm:
         """The fullest node of this content with room (the one nearest
         the head of the chain among equals), removing stale ones."""
         found, best = -1, 0
-        mine = [m for m, c in self.node_cid.items() if c == cid]
+        mine = self.by_cid.get(cid, set())
         for mfn in sorted(mine, key=lambda m: -self.stamp[m]):
             if not self._valid(mfn):
                 self._remove_node(mfn)
@@ -196,7 +205,7 @@ class ReferenceKsm:
             n = len(self.nodes[mfn])
             if best < n < self.params.max_page_sharing:
                 found, best = mfn, n
-        if sum(c == cid for c in self.node_cid.values()) <= 1:
+        if len(self.by_cid.get(cid, ())) <= 1:
             self.chains.discard(cid)
         if found >= 0 and best + 1 < self.params.max_page_sharing:
             self._to_head(found)
