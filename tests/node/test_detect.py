@@ -6,9 +6,11 @@ import dataclasses
 import numpy as np
 import pytest
 
+from dedup.blocks import BlockParams
 from dedup.content import ContentStore
 from dedup.hints import GUEST, SCAN, SOURCES
 from dedup.ksm import KsmParams
+from dedup.sampling import SamplingParams
 from dedup.strategy import Strategy
 from node.host import Host
 from node.image import load_image
@@ -84,3 +86,15 @@ def test_saved_and_potential_are_integrated_over_ticks(images):
         0.5 * r["potential_bytes"] for r in rows
     )
     assert 0 < last["saved_byte_seconds"] <= last["potential_byte_seconds"]
+
+
+def test_every_scanner_is_deterministic(images):
+    strategy = dict(
+        ksm=KsmParams(pages_to_scan=50),
+        sampling=SamplingParams(pages_per_tick=300),
+        blocks=BlockParams(pages_per_tick=256, block_pages=64),
+    )
+    first = run(images, strategy, transient=64).sample()
+    again = run(images, strategy, transient=64).sample()
+    assert first == again
+    assert first["saved_scan_bytes"] > 0
