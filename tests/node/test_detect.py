@@ -90,6 +90,7 @@ def test_saved_and_potential_are_integrated_over_ticks(images):
 
 def test_every_scanner_is_deterministic(images):
     strategy = dict(
+        hints=False,
         ksm=KsmParams(pages_to_scan=50),
         sampling=SamplingParams(pages_per_tick=300),
         blocks=BlockParams(pages_per_tick=256, block_pages=64),
