@@ -23,13 +23,15 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from cluster.coordinator import Coordinator
+from cluster.coordinator import Coordinator, RunResult
 from cluster.scenario import Scenario
 from cluster.strategies import NAMED
 from dedup.errors import CowsimError
 from dedup.strategy import Strategy
+from node.image import Image
 
 MIB = 2**20
 
@@ -58,7 +60,10 @@ def with_strategy(scenario: Scenario, strategy: Strategy) -> Scenario:
 
 
 def run_strategies(
-    scenario: Scenario, strategies: dict[str, Strategy], images, progress=None
+    scenario: Scenario,
+    strategies: dict[str, Strategy],
+    images: dict[str, Image],
+    progress: Callable[[str, RunResult], None] | None = None,
 ) -> dict[str, list[dict]]:
     """Cluster rows per tick of one run per strategy."""
     out = {}
@@ -143,7 +148,12 @@ def format_table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(series: dict[str, list[dict]], summaries, path: Path, title: str):
+def plot(
+    series: dict[str, list[dict]],
+    summaries: dict[str, dict],
+    path: Path,
+    title: str,
+) -> None:
     """Saved memory against the potential over time, and the CPU cost."""
     import matplotlib
 
@@ -181,7 +191,11 @@ def plot(series: dict[str, list[dict]], summaries, path: Path, title: str):
 
 
 def write_compare(
-    directory: Path, scenario: Scenario, series, summaries, table: str
+    directory: Path,
+    scenario: Scenario,
+    series: dict[str, list[dict]],
+    summaries: dict[str, dict],
+    table: str,
 ) -> None:
     """compare.json, compare.txt and compare.png, written atomically."""
     directory = Path(directory)
