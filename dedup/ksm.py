@@ -121,15 +121,17 @@ class KsmScanner:
         self.work = ScanWork()
         self.full_scans = 0
         n = memory.frames.n_frames
-        self.node_len = np.full(n, -1, dtype=np.int64)
+        # 32-bit where the values allow: a 16 M-frame host keeps about
+        # 33 bytes of scanner state per frame and guest page.
+        self.node_len = np.full(n, -1, dtype=np.int32)
         self.node_cid = np.zeros(n, dtype=np.int64)
         self.node_stamp = np.zeros(n, dtype=np.int64)
         self._chains = np.empty(0, dtype=np.int64)
         self._stamp = 0
         self.item = np.zeros(0, dtype=np.int8)
         self.oldsum = np.zeros(0, dtype=np.uint32)
-        self.head = np.zeros(0, dtype=np.int64)
-        self.seq = np.zeros(0, dtype=np.int64)
+        self.head = np.zeros(0, dtype=np.int32)
+        self.seq = np.zeros(0, dtype=np.int32)
         self._u_cids = np.empty(0, dtype=np.int64)
         self._u_slots = np.empty(0, dtype=np.int64)
         self._cursor = 0
@@ -310,8 +312,8 @@ class KsmScanner:
             return
         self.item = np.concatenate([self.item, np.zeros(extra, np.int8)])
         self.oldsum = np.concatenate([self.oldsum, np.zeros(extra, np.uint32)])
-        self.head = np.concatenate([self.head, np.full(extra, -1, np.int64)])
-        self.seq = np.concatenate([self.seq, np.full(extra, -1, np.int64)])
+        self.head = np.concatenate([self.head, np.full(extra, -1, np.int32)])
+        self.seq = np.concatenate([self.seq, np.full(extra, -1, np.int32)])
 
     def _drop(self, slots: np.ndarray) -> None:
         """Free the rmap items of slots that hold no anonymous page."""
