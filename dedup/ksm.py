@@ -52,8 +52,12 @@ when an item pointing to them is visited or when their content is
 searched. The kernel also removes stale nodes, and collapses chains,
 that it merely passes while walking the red-black tree to another
 content; which ones depends on the tree's shape, which is not modelled,
-so counters can lag the kernel's until the content is searched or its
-items visited.
+so in the middle of a scan the counters can lag the kernel's until the
+content is searched or the node's items visited (by the end of the scan
+at the latest, when the node went stale before the scan). For the same
+reason, a page rewritten while it sits in the unstable tree is never
+found under its new content here, where the kernel finds it when a
+search happens to pass it.
 
 Chains are picked from as when ``stable_node_chains_prune_millisecs``
 is 0 (every search prunes and takes the fullest dup); with the kernel's

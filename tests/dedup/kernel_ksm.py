@@ -166,6 +166,31 @@ class KsmSysfs:
         return int(read("full_scans")) - start
 
 
+def step_batches(n: int, timeout_seconds: float = 20.0) -> None:
+    """Let ksmd run exactly ``n`` wake-ups of ``pages_to_scan`` pages.
+
+    Needs a ``sleep_millisecs`` far longer than the test: after each
+    batch ksmd sleeps. The first batch is started by ``run`` = 1; each
+    later one by changing ``sleep_millisecs``, which wakes ksmd from its
+    sleep. A batch has begun when ``pages_scanned`` or ``full_scans``
+    moves; writing ``run`` again then waits for its end, since ksmd holds
+    the mutex that the write takes for the whole batch.
+    """
+    for _ in range(n):
+        before = (read("pages_scanned"), read("full_scans"))
+        if read("run") != "1":
+            write("run", 1)
+        else:
+            sleep = int(read("sleep_millisecs"))
+            write("sleep_millisecs", 600_000 if sleep != 600_000 else 599_999)
+        deadline = time.monotonic() + timeout_seconds
+        while (read("pages_scanned"), read("full_scans")) == before:
+            if time.monotonic() > deadline:
+                raise TimeoutError("ksmd did not run its batch")
+            time.sleep(0.0005)
+        write("run", 1)
+
+
 class Region:
     """Anonymous memory of one process, mergeable, one page per entry."""
 

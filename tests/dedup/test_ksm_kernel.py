@@ -6,7 +6,9 @@ with the same settings. After every few full scans the kernel's counters
 must equal the scanner's. The contents cover duplicates beyond
 ``max_page_sharing`` (chains of dups), zero pages (with and without
 ``use_zero_pages``), volatile pages rewritten between scans, unique
-pages, and writes into merged pages (copy-on-write breaks, stale nodes).
+pages, and writes into merged pages (copy-on-write breaks, stale nodes),
+then random contents rewritten at random; then batches of fewer pages
+than the region, compared between batches, in the middle of scans.
 
 Skipped, with the reason, where /sys/kernel/mm/ksm is missing or not
 writable, or where another process uses KSM (see ``kernel_ksm``). Every
@@ -18,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dedup.ksm import COUNTERS, KsmParams, KsmScanner
+from dedup.frames import COW_DOMAIN
+from dedup.ksm import COUNTERS, UNSTABLE, KsmParams, KsmScanner
 from dedup.ksm_reference import ReferenceKsm
 from dedup.memory import HostMemory
 from tests.dedup import kernel_ksm
@@ -66,6 +69,23 @@ class Both:
         cids = self.next_cid + np.arange(pages.size)
         self.next_cid += pages.size
         self.fill(pages, cids)
+
+    def keep_a_mapping(self, pages: np.ndarray) -> np.ndarray:
+        """Drop pages so that every merged frame keeps a mapping."""
+        f = self.memory.frames
+        mfns = self.memory.p2m[pages]
+        keep = np.ones(pages.size, dtype=bool)
+        seen: dict[int, int] = {}
+        for i, mfn in enumerate(mfns.tolist()):
+            seen[mfn] = seen.get(mfn, 0) + 1
+            if f.owner[mfn] == COW_DOMAIN and seen[mfn] >= f.count[mfn]:
+                keep[i] = False
+        return pages[keep]
+
+    def in_unstable_tree(self, pages: np.ndarray) -> np.ndarray:
+        """Which pages sit in this scan's unstable tree."""
+        s = self.scanner
+        return (s.item[pages] == UNSTABLE) & (s.seq[pages] == s.full_scans)
 
     def scan_and_compare(self, ksm: kernel_ksm.KsmSysfs, n: int) -> dict:
         before = kernel_ksm.counters()
@@ -163,5 +183,54 @@ def test_random_contents_and_rewrites(available, seed):
                 both.scan_and_compare(ksm, 1)
                 hit = rng.choice(n_pages, 200, replace=False)
                 both.fill(np.sort(hit), rng.zipf(1.6, hit.size) % 300)
+    finally:
+        both.region.close()
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_batches_stopping_mid_scan(available, seed):
+    """Wake-ups of fewer pages than the region: the kernel's state
+    between batches, mid-scan, equals the scanner's after as many
+    batches, with pages rewritten between batches.
+
+    Three kinds of mid-scan write are left out, as the kernel's result
+    then depends on things the model does not hold. A page rewritten
+    while in the unstable tree stays where its old content put it, and
+    whether a search for its new content meets it depends on the tree's
+    shape. Rewriting every page that maps a merged frame frees the frame
+    and leaves its node stale: the kernel drops the node when any search
+    walks past it, which again depends on the tree's shape, the scanner
+    when the node's content is searched or its pages visited, at the
+    latest by the end of the scan. A merged page rewritten with the
+    content it had is copied to a fresh page that sits in a per-CPU LRU
+    batch until the next full scan drains it: its raised reference count
+    makes the kernel's merge fail, leaving it volatile, where the scanner
+    merges it.
+    """
+    rng = np.random.default_rng(seed)
+    n_pages, batch = 2000, 300
+    zero = seed == 6
+    both = Both(n_pages, use_zero_pages=zero)
+    pages = np.arange(n_pages)
+    try:
+        with kernel_ksm.KsmSysfs(MAX_SHARING, zero):
+            kernel_ksm.write("pages_to_scan", batch)
+            kernel_ksm.write("sleep_millisecs", 600_000)
+            both.fill(pages, rng.zipf(1.6, n_pages) % 200)
+            for step in range(40):
+                kernel_ksm.step_batches(1)
+                both.scanner.run(1, batch)
+                model = both.scanner.counters()
+                kernel = kernel_ksm.counters()
+                for name in ("full_scans", "pages_scanned"):
+                    del model[name], kernel[name]
+                assert kernel == model, f"after batch {step + 1}"
+                if step % 3 == 2:
+                    hit = np.sort(rng.choice(n_pages, 60, replace=False))
+                    hit = hit[~both.in_unstable_tree(hit)]
+                    hit = both.keep_a_mapping(hit)
+                    new = rng.zipf(1.6, hit.size) % 200
+                    same = both.memory.read(1, hit) == new
+                    both.fill(hit[~same], new[~same])
     finally:
         both.region.close()
