@@ -24,7 +24,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from dedup.hints import OUTCOMES, SOURCES
+from dedup.hints import HINT_SOURCES, OUTCOMES, SOURCES
 from node.host import FAULT_KINDS
 
 Sample = dict
@@ -53,7 +53,7 @@ def _by(label_values, key_of) -> Reader:
 def _hints(s: Sample) -> list[tuple[tuple[str, ...], float]]:
     return [
         ((src, out), float(s[f"hints_{src}_{out}"]))
-        for src in SOURCES
+        for src in HINT_SOURCES
         for out in OUTCOMES
     ]
 

@@ -23,7 +23,7 @@ from cluster.compare import reach
 from cluster.coordinator import RunResult, cluster_row
 from cluster.scenario import dump_scenario
 from dedup.errors import CowsimError
-from dedup.hints import OUTCOMES, SOURCES
+from dedup.hints import HINT_SOURCES, OUTCOMES, SOURCES
 from node.host import FAULT_KINDS
 
 _FIELDS = (
@@ -64,7 +64,8 @@ def _entry(sample: dict) -> dict:
     }
     out["cow_faults_by_kind"] = {k: sample[f"faults_{k}"] for k in FAULT_KINDS}
     out["hints"] = {
-        s: {o: sample[f"hints_{s}_{o}"] for o in OUTCOMES} for s in SOURCES
+        s: {o: sample[f"hints_{s}_{o}"] for o in OUTCOMES}
+        for s in HINT_SOURCES
     }
     return out
 

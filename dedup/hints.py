@@ -45,6 +45,8 @@ ZERO, DISK, LIBRARY, GUEST = range(4)
 # hints, so their rows of the hint outcome table stay zero.
 SCAN, BLOCK = 4, 5
 SOURCES = ("zero", "disk", "library", "guest", "scan", "block")
+HINT_SOURCES = SOURCES[:SCAN]
+"""The sources that emit hints."""
 
 # What became of a hint.
 OUTCOMES = (
