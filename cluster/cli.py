@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "scenario",
         nargs="?",
         help="scenario TOML file, or the name of a shipped scenario "
-        "(default, worstcase, worstcase-broken); default: default",
+        "(default, worstcase, worstcase-broken, transient); default: default",
     )
     run.add_argument(
         "--address",
@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", type=Path, help="also write the results to this file"
     )
     _add_openmetrics_parser(sub)
+    _add_compare(sub)
     return parser
 
 
@@ -197,6 +198,31 @@ def _unix_seconds(text: str) -> float:
     return value
 
 
+def _add_compare(sub) -> None:
+    compare = sub.add_parser(
+        "compare",
+        help="run a scenario once per duplicate-finding strategy",
+    )
+    compare.add_argument(
+        "scenario", nargs="?", help="scenario file or shipped name"
+    )
+    compare.add_argument(
+        "--strategies",
+        help="comma-separated: hints, ksm, sampling, blocks, hints+ksm "
+        "(default: all)",
+    )
+    compare.add_argument("--seed", type=_seed, help="override the seed")
+    compare.add_argument(
+        "--out",
+        type=Path,
+        help="output directory (default: results/compare-NAME-TIMESTAMP)",
+    )
+    compare.add_argument(
+        "--address",
+        help="Ray cluster address (default: RAY_ADDRESS, else start one)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cowsim`` command."""
     args = build_parser().parse_args(argv)
@@ -220,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "compare":
+        return _compare(args)
     # Imported here so that `cowsim --help` and bad input stay fast.
     from cluster.results import check_results_dir
     from cluster.scenario import load_scenario
@@ -239,6 +267,53 @@ def _run(args: argparse.Namespace) -> int:
 
         check_sd_dir(args.prometheus_sd)
     return _execute(args, scenario, results)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import ray
+
+    from cluster.compare import (
+        format_table,
+        parse_strategies,
+        run_strategies,
+        summarize,
+        write_compare,
+    )
+    from cluster.coordinator import load_images, place
+    from cluster.results import check_results_dir
+    from cluster.scenario import load_scenario
+
+    strategies = parse_strategies(args.strategies)
+    scenario = load_scenario(_scenario_path(args.scenario))
+    if args.seed is not None:
+        scenario = scenario.with_seed(args.seed)
+    out = args.out or Path("results") / (
+        f"compare-{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    )
+    check_results_dir(out, "--out")
+    place(scenario)
+    images = load_images(scenario)
+    _init_ray(args.address)
+
+    def done(name, result) -> None:
+        print(
+            f"{name}: {result.wall_seconds:.1f} s wall",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        series = run_strategies(scenario, strategies, images, done)
+    except ray.exceptions.RayError as exc:
+        first = str(exc).strip().splitlines()[0]
+        print(f"cowsim: error: run failed: {first}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    summaries = {name: summarize(rows) for name, rows in series.items()}
+    table = format_table(summaries)
+    write_compare(out, scenario, series, summaries, table)
+    print(table)
+    print(f"results: {out}")
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -117,6 +117,8 @@ def guest_config(scenario: Scenario, index: int) -> GuestConfig:
         anon_write_pages_per_tick=w.anon_write_pages_per_tick,
         free_pages_per_tick=w.free_pages_per_tick,
         burst_tick=w.burst_tick,
+        transient_pages=w.transient_pages,
+        transient_ticks=w.transient_ticks,
         bonus=g.bonus,
         bonus_fraction=g.bonus_fraction,
     )
@@ -222,6 +224,7 @@ class Coordinator:
                 s.seed,
                 s.tick_seconds,
                 s.repayment_invariant,
+                host.strategy,
             )
             configs = [
                 guest_config(s, i)

@@ -24,7 +24,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from dedup.hints import OUTCOMES, SOURCES
+from dedup.hints import HINT_SOURCES, OUTCOMES, SOURCES
 from node.host import FAULT_KINDS
 
 Sample = dict
@@ -53,7 +53,7 @@ def _by(label_values, key_of) -> Reader:
 def _hints(s: Sample) -> list[tuple[tuple[str, ...], float]]:
     return [
         ((src, out), float(s[f"hints_{src}_{out}"]))
-        for src in SOURCES
+        for src in HINT_SOURCES
         for out in OUTCOMES
     ]
 
@@ -196,6 +196,58 @@ METRICS: tuple[MetricDef, ...] = (
         (),
         "mark_page_ro and share_mfns batches issued.",
         _one("hypercalls"),
+    ),
+    MetricDef(
+        "scanned_pages",
+        "counter",
+        (),
+        "Guest pages visited by content scanners (KSM, sampling, blocks).",
+        _one("pages_scanned"),
+    ),
+    MetricDef(
+        "hashed_pages",
+        "counter",
+        (),
+        "Pages whose 4 KiB content scanners read to hash or checksum.",
+        _one("pages_hashed"),
+    ),
+    MetricDef(
+        "scan_compared_bytes",
+        "counter",
+        (),
+        "Bytes compared by content scanners before merging.",
+        _one("scan_bytes_compared"),
+    ),
+    MetricDef(
+        "scan_hypercalls",
+        "counter",
+        (),
+        "mark_page_ro and share_mfns batches issued by content scanners.",
+        _one("scan_hypercalls"),
+    ),
+    MetricDef(
+        "daemon_cpu_seconds",
+        "counter",
+        (),
+        "Estimated CPU time of the CoW daemon (hints and scanners), from "
+        "the cost model's per-operation times.",
+        _one("daemon_cpu_seconds"),
+    ),
+    MetricDef(
+        "saved_byte_seconds",
+        "counter",
+        (),
+        "Memory saved integrated over simulated time; divided by the "
+        "potential's integral, the share of sharing caught while it lasted.",
+        _one("saved_byte_seconds"),
+    ),
+    MetricDef(
+        "potential_saved_byte_seconds",
+        "counter",
+        (),
+        "Memory a perfect deduplicator would have saved, integrated over "
+        "simulated time.",
+        _one("potential_byte_seconds"),
     ),
 )
 

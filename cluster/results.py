@@ -22,10 +22,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from cluster.compare import reach
 from cluster.coordinator import RunResult, cluster_row
 from cluster.scenario import dump_scenario
 from dedup.errors import CowsimError
-from dedup.hints import OUTCOMES, SOURCES
+from dedup.hints import HINT_SOURCES, OUTCOMES, SOURCES
 from node.host import FAULT_KINDS
 
 _FIELDS = (
@@ -47,6 +48,11 @@ _FIELDS = (
     "repaid_pages",
     "refaults",
     "copy_avoided_bytes",
+    "pages_scanned",
+    "pages_hashed",
+    "scan_bytes_compared",
+    "scan_hypercalls",
+    "daemon_cpu_seconds",
 )
 
 
@@ -61,7 +67,8 @@ def _entry(sample: dict) -> dict:
     }
     out["cow_faults_by_kind"] = {k: sample[f"faults_{k}"] for k in FAULT_KINDS}
     out["hints"] = {
-        s: {o: sample[f"hints_{s}_{o}"] for o in OUTCOMES} for s in SOURCES
+        s: {o: sample[f"hints_{s}_{o}"] for o in OUTCOMES}
+        for s in HINT_SOURCES
     }
     return out
 
@@ -78,7 +85,13 @@ def summarize(result: RunResult) -> dict:
         ]
         entry.update(_entry(by_host[host.name]))
         hosts.append(entry)
+    for entry in hosts:
+        rows = [r for r in result.series if r["host"] == entry["name"]]
+        entry["detection"] = reach(rows)
     cluster = _entry(cluster_row(result.final))
+    cluster["detection"] = reach(
+        [r for r in result.series if r["host"] == "cluster"]
+    )
     cluster["hosts"] = len(s.hosts)
     cluster["guests"] = len(s.guests)
     return {
@@ -132,8 +145,9 @@ def write_extras(
     write_report(tmp, summary, result.series)
 
 
-def check_results_dir(directory: Path) -> None:
-    """Refuse a results directory that exists and is not empty."""
+def check_results_dir(directory: Path, option: str = "--results") -> None:
+    """Refuse a results directory that exists and is not empty;
+    ``option`` is the command-line option that named it."""
     directory = Path(directory)
     for parent in directory.absolute().parents:
         if parent.exists():
@@ -146,7 +160,7 @@ def check_results_dir(directory: Path) -> None:
         not directory.is_dir() or any(directory.iterdir())
     ):
         raise CowsimError(
-            f"--results {directory}: exists and is not an empty directory"
+            f"{option} {directory}: exists and is not an empty directory"
         )
 
 

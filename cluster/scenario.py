@@ -40,7 +40,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, NoReturn
 
+from cluster.strategies import dump_strategy, parse_strategy
 from dedup.errors import CowsimError
+from dedup.strategy import Strategy
 
 PAGE_SIZE = 4096
 """Bytes per page; every memory size in a scenario is a multiple of it."""
@@ -89,6 +91,13 @@ class WorkloadSpec:
     burst_tick: int = 0
     """At this tick (0: never) the guest writes every page it has once:
     the worst case, every shared page needs a frame back at once."""
+    transient_pages: int = 0
+    """Anonymous pages holding data every guest holds too (a data set
+    loaded by all), identical across guests for ``transient_ticks``
+    ticks and then replaced by the next version: short-lived sharing.
+    Paravirtual guests report them with guest hints."""
+    transient_ticks: int = 10
+    """How long each version of the transient data lives, in ticks."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,8 @@ class HostSpec:
 
     name: str
     memory_bytes: int
+    strategy: Strategy = Strategy()
+    """How the host's CoW daemon finds duplicates (``[hosts.detect]``)."""
 
     @property
     def memory_pages(self) -> int:
@@ -349,7 +360,7 @@ _TOP_KEYS = tuple(
     "repayment_invariant".split()
 )
 _TOP_REQUIRED = _TOP_KEYS[1:8]
-_HOST_KEYS = ("name", "count", "memory")
+_HOST_KEYS = ("name", "count", "memory", "detect")
 _IMAGE_KEYS = ("paths", "exclude", "max_size")
 _GUEST_KEYS = tuple(
     "name count image memory kind boot_read_fraction map_libraries "
@@ -438,6 +449,9 @@ def _parse_host(
     host = HostSpec(
         name=_entry_name(context, table.get("name", "host"), f"{key}.name"),
         memory_bytes=context.as_size(table["memory"], f"{key}.memory"),
+        strategy=parse_strategy(
+            context, table.get("detect", {}), f"{key}.detect"
+        ),
     )
     if host.memory_bytes > MAX_HOST_BYTES:
         size, most = (
@@ -615,7 +629,7 @@ def _dump_run(scenario: Scenario) -> str:
 def _dump_host(host: HostSpec) -> str:
     memory = format_size(host.memory_bytes)
     fields = {"name": host.name, "count": 1, "memory": memory}
-    return _dump_table("[[hosts]]", fields)
+    return _dump_table("[[hosts]]", fields) + dump_strategy(host.strategy)
 
 
 def _dump_image(image: ImageSpec) -> str:

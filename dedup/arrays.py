@@ -37,3 +37,12 @@ def last_mask(values: np.ndarray) -> np.ndarray:
     n = values.size
     mask[n - 1 - first_index(values[::-1])] = True
     return mask
+
+
+def member(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Mask of the ``values`` found in ``keys`` (``np.isin`` by sorting)."""
+    keys = unique(keys)
+    if keys.size == 0 or values.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(keys, values), keys.size - 1)
+    return keys[pos] == values

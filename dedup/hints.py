@@ -2,7 +2,9 @@
 
 A hint claims that a guest page holds known content: a block of a base
 disk image read unmodified through the guest's copy-on-write disk, a page
-of a shared library, or a page the guest reports as logically zero. Hints
+of a shared library, a page the guest reports as logically zero, or a
+page a paravirtual guest reports as holding content it knows other guests
+hold too (a *guest* hint: the guest names the content it wrote). Hints
 are cheap: no page is hashed to produce them. They are never trusted.
 
 Data structures:
@@ -36,8 +38,15 @@ from dedup.content import PAGE_SIZE
 from dedup.frames import FREE
 from dedup.memory import SAME_FRAME, SHARED, HostMemory
 
-ZERO, DISK, LIBRARY = range(3)
-SOURCES = ("zero", "disk", "library")
+ZERO, DISK, LIBRARY, GUEST = range(4)
+# Content scanners (``dedup.ksm``, ``dedup.sampling``, ``dedup.blocks``)
+# find sharing without hints; their merges are recorded under these
+# sources so that the memory saved splits by what found it. They emit no
+# hints, so their rows of the hint outcome table stay zero.
+SCAN, BLOCK = 4, 5
+SOURCES = ("zero", "disk", "library", "guest", "scan", "block")
+HINT_SOURCES = SOURCES[:SCAN]
+"""The sources that emit hints."""
 
 # What became of a hint.
 OUTCOMES = (
@@ -78,6 +87,12 @@ def library_keys(digest: int, pages: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         base = _mix(np.array([digest], dtype=np.uint64)).view(np.uint64)
     return _mix(base ^ pages)
+
+
+def guest_keys(cids: np.ndarray) -> np.ndarray:
+    """Keys of guest-reported pages, named by the content they claim."""
+    cids = np.asarray(cids, dtype=np.uint64)
+    return _mix(cids ^ np.uint64(0x4755455354))
 
 
 @dataclass

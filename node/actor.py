@@ -10,6 +10,7 @@ from __future__ import annotations
 import msgpack
 import ray
 
+from dedup.strategy import Strategy
 from node.guest import GuestConfig
 from node.host import Host
 from node.image import Image
@@ -27,9 +28,16 @@ class HostActor:
         seed: int,
         tick_seconds: float,
         repayment_invariant: bool = True,
+        strategy: Strategy | None = None,
     ) -> None:
         self.host = Host(
-            name, index, memory_pages, seed, tick_seconds, repayment_invariant
+            name,
+            index,
+            memory_pages,
+            seed,
+            tick_seconds,
+            repayment_invariant,
+            strategy,
         )
 
     def boot(

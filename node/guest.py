@@ -40,17 +40,30 @@ from dedup.arrays import unique
 from dedup.content import ZERO_CONTENT
 from dedup.hints import (
     DISK,
+    GUEST,
     LIBRARY,
     ZERO,
     ZERO_KEY,
     HintBatch,
     disk_keys,
+    guest_keys,
     library_keys,
 )
 from node.image import Image
 
 R_FREE, R_CACHE, R_ANON, R_MAPPED = 0, 1, 2, 3
 R_ABSENT, R_VOLATILE, R_PINNED = 4, 5, 6
+R_TRANSIENT = 7
+
+# Transient data: content ids apart from real contents (small) and from
+# every host's fresh contents (at SYNTHETIC_BASE and above).
+_TRANSIENT_BASE = 1 << 61
+
+
+def transient_contents(version: int, n: int) -> np.ndarray:
+    """Content ids of version ``version`` of the transient data."""
+    return _TRANSIENT_BASE + (version << 32) + np.arange(n, dtype=np.int64)
+
 
 # write(domid, gfns, contents, zeroing) -> mask of the writes that were done
 Writer = Callable[[int, np.ndarray, np.ndarray, bool], np.ndarray]
@@ -73,6 +86,8 @@ class GuestConfig:
     anon_write_pages_per_tick: int = 128
     free_pages_per_tick: int = 32
     burst_tick: int = 0
+    transient_pages: int = 0
+    transient_ticks: int = 10
     bonus: str = "none"
     bonus_fraction: float = 0.5
 
@@ -119,6 +134,7 @@ class Guest:
         self._clock = 0
         self.paused = False
         self.hints: list[HintBatch] = []
+        self._transient: np.ndarray | None = None
 
     @property
     def pv(self) -> bool:
@@ -153,8 +169,31 @@ class Guest:
                 return
             if rate:
                 step(rate, write, fresh)
+        if c.transient_pages and not self.paused:
+            self._tick_transient(write)
         if self._clock == c.burst_tick and not self.paused:
             self.burst(write, fresh)
+
+    def _tick_transient(self, write: Writer) -> None:
+        """Replace the transient data with its next version when due.
+
+        Every guest writes the same content ids for a version, so the
+        pages are identical across guests until the next version; a
+        paravirtual guest reports each page with a guest hint naming its
+        content.
+        """
+        c = self.config
+        if self._clock % c.transient_ticks != 1 % c.transient_ticks:
+            return
+        if self._transient is None:
+            self._transient = self._allocate(c.transient_pages)
+            self.role[self._transient] = R_TRANSIENT
+        version = self._clock // c.transient_ticks
+        gfns = self._transient
+        cids = transient_contents(version, gfns.size)
+        done = self._write(gfns, cids, write)
+        if self.pv:
+            self._hint(gfns[done], guest_keys(cids[done]), GUEST)
 
     def burst(self, write: Writer, fresh: ContentSource) -> None:
         """Write every populated page of the guest's own memory once."""

@@ -2,7 +2,9 @@
 
 A host steps in simulated ticks. In each tick every running guest does
 its workload (reads, writes, frees; see ``node.guest``), then the daemon
-verifies and shares what the guests hinted. After every tick the host
+verifies and shares what the guests hinted, and runs the content
+scanners the host's ``Strategy`` turns on (``dedup.strategy``); a host
+without hints drops what its guests hint. After every tick the host
 takes a *sample*: a flat dict of gauges and running totals that becomes
 one row of the time series and feeds the metrics.
 
@@ -32,6 +34,7 @@ from dedup.content import PAGE_SIZE, SYNTHETIC_BASE
 from dedup.hints import OUTCOMES, SOURCES, HintBatch
 from dedup.memory import HostMemory
 from dedup.repayment import Repayment
+from dedup.strategy import Detectors, Strategy, cpu_seconds, hint_work
 from node.daemon import CowDaemon
 from node.dom0 import DOM0, ServiceDomain
 from node.guest import Guest, GuestConfig
@@ -53,6 +56,7 @@ class Host:
         seed: int,
         tick_seconds: float = 1.0,
         repayment_invariant: bool = True,
+        strategy: Strategy | None = None,
     ) -> None:
         self.name = name
         self.index = index
@@ -67,6 +71,14 @@ class Host:
         self.tick = 0
         self.events: list[dict] = []
         self._next_content = SYNTHETIC_BASE + (index << 40)
+        self.strategy = strategy or Strategy()
+        # Saved and potential memory integrated over the ticks run: their
+        # ratio is the share of the sharing caught while it existed.
+        self._saved_byte_seconds = 0.0
+        self._potential_byte_seconds = 0.0
+        self.detectors = Detectors(
+            self.memory, self.strategy, seed, tick_seconds, index
+        )
 
     def boot(
         self,
@@ -110,7 +122,7 @@ class Host:
                     guest.tick(self._write, self._fresh)
             self._share()
             self._adjust_bonus()
-            rows.append(self.sample())
+            rows.append(self._integrate(self.sample()))
         # Invariants stay on; checked once per batch as the full check
         # costs a pass over every frame.
         self.memory.check()
@@ -156,7 +168,33 @@ class Host:
         row["fifo_shortfall_pages"] = sum(self.repayment.shortfall().values())
         row["refaults"] = sum(g.refaults for g in self._bonus_holders())
         row["copy_avoided_bytes"] = c.faults_nocopy * PAGE_SIZE
+        row.update(self._scan_costs())
         return row
+
+    def _integrate(self, row: dict) -> dict:
+        """Add this tick's saved and potential memory to their totals."""
+        self._saved_byte_seconds += row["saved_bytes"] * self.tick_seconds
+        self._potential_byte_seconds += (
+            row["potential_bytes"] * self.tick_seconds
+        )
+        row["saved_byte_seconds"] = self._saved_byte_seconds
+        row["potential_byte_seconds"] = self._potential_byte_seconds
+        return row
+
+    def _scan_costs(self) -> dict:
+        """What the scanners did, and the daemon's estimated CPU time."""
+        work = self.detectors.work()
+        total = hint_work(self.daemon.table)
+        total.add(work)
+        return {
+            "pages_scanned": work.pages_scanned,
+            "pages_hashed": work.pages_hashed,
+            "scan_bytes_compared": work.bytes_compared,
+            "scan_hypercalls": work.hypercalls,
+            "daemon_cpu_seconds": round(cpu_seconds(total), 9),
+            "saved_byte_seconds": self._saved_byte_seconds,
+            "potential_byte_seconds": self._potential_byte_seconds,
+        }
 
     def digest(self) -> dict:
         """What content is resident here, for the cluster catalog.
@@ -181,7 +219,10 @@ class Host:
 
     def _share(self) -> None:
         batch = HintBatch.concat([g.take_hints() for g in self.guests])
-        self.daemon.process(batch)
+        # A host without hints drops them: its guests emit them anyway.
+        if self.strategy.hints:
+            self.daemon.process(batch)
+        self.detectors.tick()
 
     def _fresh(self, n: int) -> np.ndarray:
         first = self._next_content

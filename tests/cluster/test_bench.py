@@ -24,7 +24,7 @@ def test_engine_and_reference_agree_on_frames_in_use():
 
 def test_run_bench_reports_every_row():
     rows = run_bench(1 << 14, seed=1, sample=2000)
-    assert [r.name for r in rows] == ["hints", "distinct", "memory"]
+    assert [r.name for r in rows] == ["hints", "distinct", "memory", "ksm"]
     assert all(r.ratio > 0 for r in rows)
     # No Python object per page: engine state is a few dozen bytes.
     assert rows[2].slow_per_second < 100
@@ -38,6 +38,7 @@ def test_bench_command_writes_json(tmp_path, capsys):
         "hints",
         "distinct",
         "memory",
+        "ksm",
     ]
 
 
