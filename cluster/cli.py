@@ -1,5 +1,8 @@
 """The ``cowsim`` command.
 
+``cowsim place [SCENARIO]`` compares placement policies on the
+scenario's images (see ``cluster.placecmd``).
+
 ``cowsim run [SCENARIO]`` runs a scenario (the built-in default when none
 is given) on a Ray cluster: the one at ``--address``, else the one named
 by ``RAY_ADDRESS``, else a local instance started for the run. It serves
@@ -20,6 +23,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from cluster import placecmd
 from dedup.errors import CowsimError
 
 log = logging.getLogger("cowsim")
@@ -106,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "-q", "--quiet", action="store_true", help="no progress display"
     )
+    placecmd.add_parser(sub)
     return parser
 
 
@@ -118,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s"
     )
+    handler = placecmd.run if args.command == "place" else _run
     try:
-        return _run(args)
+        return handler(args)
     except CowsimError as exc:
         print(f"cowsim: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
