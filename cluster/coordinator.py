@@ -15,6 +15,12 @@ Placement here is "spread": each guest, in scenario order, goes to the
 host with the most unreserved memory that can hold it, ties broken by
 host order. Hosts never overcommit: a guest's memory is reserved whole.
 
+Hosts fail (``cluster.failures``): on schedule, the coordinator kills
+a host's actor at the end of the batch that reaches the failure's tick
+(batches are cut at every scheduled event); any call to a dead actor
+raises ``RayActorError``, which marks the host down, whoever killed it.
+Its guests are restarted from their images on live hosts with room.
+
 Results depend only on the scenario and seed: each host's randomness
 derives from the seed and each guest's from its position in the
 scenario, and nothing depends on which Ray node runs which host.
@@ -30,6 +36,7 @@ from dataclasses import dataclass, field
 import ray
 
 from cluster.catalog import Catalog
+from cluster.failures import down_row, restart_config, restart_targets
 from cluster.metrics import RunState
 from cluster.scenario import PAGE_SIZE, Scenario, ScenarioError
 from dedup.content import ContentStore
@@ -56,6 +63,8 @@ class RunResult:
     catalog: Catalog = field(default_factory=Catalog)
     events: list[dict] = field(default_factory=list)
     images: dict[str, dict] = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)
+    migrations: list[dict] = field(default_factory=list)
     wall_seconds: float = 0.0
 
 
@@ -144,6 +153,14 @@ class Coordinator:
         self.progress = progress
         self.placement = place(scenario)
         self.actors: list = []
+        self.up: list[bool] = []
+        self.latest: list[dict] = []
+        self.failures: list[dict] = []
+        self.migrations: list[dict] = []
+        self._images_ref = None
+        self._uids: dict[str, int] = {}
+        # Failure records whose guests wait for a restart.
+        self._pending: list[dict] = []
 
     def run(self) -> RunResult:
         """Boot every host, run all ticks, gather the results."""
@@ -163,30 +180,174 @@ class Coordinator:
 
         done = 0
         while done < s.ticks:
-            n = min(s.batch_ticks, s.ticks - done)
-            per_host = ray.get([a.step.remote(n) for a in self.actors])
+            n = min(s.batch_ticks, s.ticks - done, self._next_event(done))
+            per_host = self._step(n, done)
             for t in range(n):
                 samples = [rows[t] for rows in per_host]
                 result.series.extend(samples)
                 result.series.append(cluster_row(samples))
             done += n
-            latest = [rows[-1] for rows in per_host]
-            self.state.update(latest)
+            self._scheduled_events(done)
+            self.state.update(self.latest)
             if self.progress:
-                self.progress(done, latest)
+                self.progress(done, self.latest)
 
         result.final = self.state.samples()
-        digests = ray.get([a.digest.remote() for a in self.actors])
+        live = [a for a, up in zip(self.actors, self.up, strict=True) if up]
+        digests = ray.get([a.digest.remote() for a in live])
         result.catalog = Catalog.from_digests(digests)
-        for events in ray.get([a.events.remote() for a in self.actors]):
+        for events in ray.get([a.events.remote() for a in live]):
             result.events.extend(events)
+        result.failures = self.failures
+        result.migrations = self.migrations
         result.wall_seconds = time.monotonic() - started
         return result
 
+    def _next_event(self, done: int) -> int:
+        """Ticks until the next scheduled event, or a large number."""
+        s = self.scenario
+        ticks = [f.at_tick for f in s.failures]
+        ticks += [m.at_tick for m in s.migrations]
+        later = [t - done for t in ticks if t > done]
+        return min(later, default=s.ticks)
+
+    def _step(self, n: int, done: int) -> list[list[dict]]:
+        """Step every live host ``n`` ticks; notice hosts that died."""
+        s = self.scenario
+        refs = {
+            i: actor.step.remote(n)
+            for i, actor in enumerate(self.actors)
+            if self.up[i]
+        }
+        per_host: list[list[dict] | None] = [None] * len(self.actors)
+        died = []
+        for i, ref in refs.items():
+            try:
+                per_host[i] = [_up(row) for row in ray.get(ref)]
+            except ray.exceptions.RayActorError as exc:
+                died.append((i, _first_line(exc)))
+        for i, cause in died:
+            self._host_down(i, done + n, cause)
+        for i, rows in enumerate(per_host):
+            if rows is None:
+                per_host[i] = [
+                    down_row(self.latest[i], done + t + 1, s.tick_seconds)
+                    for t in range(n)
+                ]
+            self.latest[i] = per_host[i][-1]
+        if died:
+            self._restart_lost(done + n)
+        return per_host
+
+    def _scheduled_events(self, tick: int) -> None:
+        """Kill the hosts scheduled to fail now; do the migrations."""
+        for failure in self.scenario.failures:
+            if failure.at_tick == tick:
+                self._kill(self._host_index(failure.host), tick)
+        self._restart_lost(tick)
+
+    def _kill(self, index: int, tick: int) -> None:
+        """Kill a host's actor and wait until calls to it fail."""
+        if not self.up[index]:
+            return
+        actor = self.actors[index]
+        ray.kill(actor, no_restart=True)
+        deadline = time.monotonic() + _KILL_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                ray.get(actor.node_id.remote())
+            except ray.exceptions.RayActorError as exc:
+                self._host_down(index, tick, _first_line(exc), "scheduled")
+                return
+            time.sleep(0.05)
+        raise RuntimeError(
+            f"{self.scenario.hosts[index].name}: still answering "
+            f"{_KILL_TIMEOUT_SECONDS} s after ray.kill"
+        )
+
+    def _host_down(
+        self, index: int, tick: int, cause: str, how: str = "died"
+    ) -> None:
+        """Mark a host down and record what it held."""
+        s = self.scenario
+        name = s.hosts[index].name
+        self.up[index] = False
+        last = self.latest[index]
+        lost = [g.name for g in s.guests if self.placement[g.name] == name]
+        self.failures.append(
+            {
+                "host": name,
+                "tick": tick,
+                "how": how,
+                "cause": cause,
+                "guests": lost,
+                "guest_bytes_lost": last["guest_bytes"],
+                "saved_bytes_lost": last["saved_bytes"],
+                "restarted": {},
+                "not_restarted": [],
+            }
+        )
+        self._pending.append(self.failures[-1])
+        self.latest[index] = down_row(last, tick, s.tick_seconds)
+        log.warning(
+            "%s down at tick %d (%s): %d guests to restart",
+            name,
+            tick,
+            how,
+            len(lost),
+        )
+
+    def _restart_lost(self, tick: int) -> None:
+        """Boot the guests of hosts that went down on live hosts."""
+        s = self.scenario
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        lost_names = {g for f in pending for g in f["guests"]}
+        lost = [
+            restart_config(guest_config(s, i))
+            for i, g in enumerate(s.guests)
+            if g.name in lost_names
+        ]
+        reserved: dict[str, int] = {}
+        for g in s.guests:
+            if g.name not in lost_names and self.placement[g.name]:
+                host = self.placement[g.name]
+                reserved[host] = reserved.get(host, 0) + g.memory_bytes
+        targets = restart_targets(lost, s.hosts, self.up, reserved)
+        by_host: dict[int, list[GuestConfig]] = {}
+        for config in lost:
+            target = targets[config.name]
+            self.placement[config.name] = target or ""
+            if target is not None:
+                index = self._host_index(target)
+                by_host.setdefault(index, []).append(config)
+        boots = {
+            i: self.actors[i].boot.remote(
+                configs, self._images_ref, self._uids
+            )
+            for i, configs in by_host.items()
+        }
+        for i, ref in boots.items():
+            self.latest[i] = _up(ray.get(ref))
+        for f in pending:
+            for guest in f["guests"]:
+                target = targets.get(guest)
+                if target is None:
+                    f["not_restarted"].append(guest)
+                else:
+                    f["restarted"][guest] = target
+
+    def _host_index(self, name: str) -> int:
+        for i, host in enumerate(self.scenario.hosts):
+            if host.name == name:
+                return i
+        raise KeyError(name)
+
     def _start_hosts(self, images: dict[str, Image]) -> list[dict]:
         s = self.scenario
-        uids = {spec.name: i + 1 for i, spec in enumerate(s.images)}
-        images_ref = ray.put(images)
+        self._uids = {spec.name: i + 1 for i, spec in enumerate(s.images)}
+        self._images_ref = ray.put(images)
         boots = []
         for index, host in enumerate(s.hosts):
             actor = HostActor.options(
@@ -204,9 +365,13 @@ class Coordinator:
                 for i, g in enumerate(s.guests)
                 if self.placement[g.name] == host.name
             ]
-            boots.append(actor.boot.remote(configs, images_ref, uids))
+            boots.append(
+                actor.boot.remote(configs, self._images_ref, self._uids)
+            )
             self.actors.append(actor)
-        first = ray.get(boots)
+            self.up.append(True)
+        first = [_up(row) for row in ray.get(boots)]
+        self.latest = list(first)
         self.state.update(first)
         return [*first, cluster_row(first)]
 
@@ -215,3 +380,17 @@ class Coordinator:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
+
+
+_KILL_TIMEOUT_SECONDS = 30.0
+
+
+def _up(row: dict) -> dict:
+    """A live host's sample, marked up."""
+    row["host_up"] = 1
+    return row
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

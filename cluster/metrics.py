@@ -60,6 +60,14 @@ def _hints(s: Sample) -> list[tuple[tuple[str, ...], float]]:
 
 METRICS: tuple[MetricDef, ...] = (
     MetricDef(
+        "host_up",
+        "gauge",
+        (),
+        "1 while the host runs, 0 once it has failed; the cluster "
+        "total counts hosts up.",
+        lambda s: [((), float(s.get("host_up", 1)))],
+    ),
+    MetricDef(
         "guests", "gauge", (), "Guests running on the host.", _one("guests")
     ),
     MetricDef(

@@ -74,6 +74,7 @@ def summarize(result: RunResult) -> dict:
             g.name for g in s.guests if result.placement[g.name] == host.name
         ]
         entry.update(_entry(by_host[host.name]))
+        entry["up"] = bool(by_host[host.name].get("host_up", 1))
         hosts.append(entry)
     cluster = _entry(cluster_row(result.final))
     cluster["hosts"] = len(s.hosts)
@@ -88,6 +89,8 @@ def summarize(result: RunResult) -> dict:
         "images": result.images,
         "catalog": result.catalog.to_dict(),
         "events": result.events,
+        "failures": result.failures,
+        "migrations": result.migrations,
     }
 
 

@@ -140,6 +140,23 @@ class GuestSpec:
 
 
 @dataclass(frozen=True)
+class FailureSpec:
+    """A host that fails: its actor is killed after ``at_tick`` ticks."""
+
+    host: str
+    at_tick: int
+
+
+@dataclass(frozen=True)
+class MigrationSpec:
+    """A guest moved to host ``to`` after ``at_tick`` ticks."""
+
+    guest: str
+    to: str
+    at_tick: int
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A whole run, with hosts and guests expanded one spec per entity.
 
@@ -159,6 +176,14 @@ class Scenario:
     repayment_invariant: bool = True
     """Guests keep a repayment FIFO at least as long as their bonus pages.
     False breaks the promise on purpose, to show what it prevents."""
+    failures: tuple[FailureSpec, ...] = ()
+    """Hosts that fail during the run, in tick order."""
+    migrations: tuple[MigrationSpec, ...] = ()
+    """Scripted migrations, in tick order."""
+    migration_policy: str = "none"
+    """Migrations the coordinator decides: "none", "consolidate" (empty
+    the least loaded host into the others) or "rebalance" (move a guest
+    off a host short of free memory)."""
 
     def with_seed(self, seed: int) -> Scenario:
         """Return a copy of this scenario that runs with another seed."""
@@ -221,6 +246,14 @@ def dump_scenario(scenario: Scenario) -> str:
     blocks += [_dump_host(host) for host in scenario.hosts]
     blocks += [_dump_image(image) for image in scenario.images]
     blocks += [_dump_guest(guest) for guest in scenario.guests]
+    blocks += [
+        _dump_table("[[failures]]", dataclasses.asdict(failure))
+        for failure in scenario.failures
+    ]
+    blocks += [
+        _dump_table("[[migrations]]", dataclasses.asdict(migration))
+        for migration in scenario.migrations
+    ]
     return "\n".join(blocks)
 
 
@@ -343,9 +376,10 @@ def _read_toml(context: _Context) -> dict[str, Any]:
 
 _TOP_KEYS = tuple(
     "name seed ticks tick_seconds batch_ticks hosts images guests "
-    "repayment_invariant".split()
+    "repayment_invariant failures migrations migration_policy".split()
 )
 _TOP_REQUIRED = _TOP_KEYS[1:8]
+_MIGRATION_POLICIES = ("none", "consolidate", "rebalance")
 _HOST_KEYS = ("name", "count", "memory")
 _IMAGE_KEYS = ("paths", "exclude", "max_size")
 _GUEST_KEYS = tuple(
@@ -369,7 +403,68 @@ def _build(context: _Context, raw: dict[str, Any], source: str) -> Scenario:
     guests = _expand_section(context, top["guests"], "guests", parse_guest)
     _check_total_memory(context, hosts, guests)
     sections = {"hosts": hosts, "images": images, "guests": guests}
+    sections.update(_parse_events(context, top, settings, hosts, guests))
     return Scenario(source=source, **settings, **sections)
+
+
+def _parse_events(
+    context: _Context,
+    top: dict[str, Any],
+    settings: dict[str, Any],
+    hosts: Sequence[HostSpec],
+    guests: Sequence[GuestSpec],
+) -> dict[str, Any]:
+    """Failures and migrations: names that exist, ticks within the run."""
+    host_names = {h.name for h in hosts}
+    guest_names = {g.name for g in guests}
+    ticks = settings["ticks"]
+
+    def tick(table: dict[str, Any], key: str) -> int:
+        at = context.as_int(table["at_tick"], f"{key}.at_tick", 1)
+        if at >= ticks:
+            context.fail(f"{key}.at_tick", f"must be < ticks ({ticks})")
+        return at
+
+    failures = []
+    for index, entry in enumerate(_event_list(context, top, "failures")):
+        key = f"failures[{index}]"
+        table = context.as_table(entry, key, ("host", "at_tick"), _AT_HOST)
+        host = _choice(context, table["host"], f"{key}.host", host_names)
+        failures.append(FailureSpec(host, tick(table, key)))
+    if len({f.host for f in failures}) < len(failures):
+        context.fail("failures", "a host can fail only once")
+    migrations = []
+    for index, entry in enumerate(_event_list(context, top, "migrations")):
+        key = f"migrations[{index}]"
+        keys = ("guest", "to", "at_tick")
+        table = context.as_table(entry, key, keys, keys)
+        guest = _choice(context, table["guest"], f"{key}.guest", guest_names)
+        to = _choice(context, table["to"], f"{key}.to", host_names)
+        migrations.append(MigrationSpec(guest, to, tick(table, key)))
+    policy = _choice(
+        context,
+        top.get("migration_policy", "none"),
+        "migration_policy",
+        _MIGRATION_POLICIES,
+    )
+    return {
+        "failures": tuple(sorted(failures, key=lambda f: f.at_tick)),
+        "migrations": tuple(sorted(migrations, key=lambda m: m.at_tick)),
+        "migration_policy": policy,
+    }
+
+
+_AT_HOST = ("host", "at_tick")
+
+
+def _event_list(
+    context: _Context, top: dict[str, Any], section: str
+) -> list[Any]:
+    value = top.get(section, [])
+    if not isinstance(value, list):
+        got = _describe(value)
+        context.fail(section, f"expected an array of tables, got {got}")
+    return value
 
 
 def _parse_settings(context: _Context, top: dict[str, Any]) -> dict[str, Any]:
@@ -582,6 +677,7 @@ def _check_total_memory(
 def _dump_run(scenario: Scenario) -> str:
     settings = {key: getattr(scenario, key) for key in _TOP_KEYS[:5]}
     settings["repayment_invariant"] = scenario.repayment_invariant
+    settings["migration_policy"] = scenario.migration_policy
     return _dump_table(
         "# A cowsim scenario, resolved: one entry per host and guest,\n"
         "# image paths expanded and every default written out.",

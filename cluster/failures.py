@@ -1,0 +1,91 @@
+"""Host failures: what a down host reports and where its guests restart.
+
+A host fails when its actor dies: killed on schedule by the coordinator
+(``[[failures]]`` in the scenario) or by anyone else (``ray.kill``, a
+crashed process, a lost node). The coordinator notices when a call to
+the actor raises ``RayActorError``, marks the host down and restarts
+its guests elsewhere.
+
+A down host keeps a row in the time series: its gauges drop to zero,
+its counters keep the last totals it reported, and ``host_up`` is 0,
+which the ``cowsim_host_up`` gauge exports.
+
+Restarting: a guest's memory dies with its host; the guest boots again
+from its image on a live host with room for its whole memory, chosen
+like the initial spread placement (most unreserved memory, ties to
+host order), guests in scenario order. A guest that fits nowhere is not
+restarted and is reported lost. An HVM guest restarts without bonus
+pages, because the target's dom0 sized its memory cache at boot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from cluster.scenario import PAGE_SIZE, HostSpec
+from node.guest import GuestConfig
+
+GAUGE_KEYS = (
+    "guests",
+    "guests_paused",
+    "guest_bytes",
+    "machine_bytes",
+    "machine_bytes_used",
+    "shared_frames",
+    "sharing_mappings",
+    "saved_bytes",
+    "potential_bytes",
+    "saved_zero_bytes",
+    "saved_disk_bytes",
+    "saved_library_bytes",
+    "bonus_pages",
+    "fifo_pages",
+    "fifo_shortfall_pages",
+)
+"""Sample keys that are gauges: what a down host reports as zero."""
+
+
+def down_row(last: dict, tick: int, tick_seconds: float) -> dict:
+    """The sample of a host that is down, at ``tick``."""
+    row = dict(last)
+    row.update({key: 0 for key in GAUGE_KEYS if key in row})
+    row["tick"] = tick
+    row["sim_time_seconds"] = tick * tick_seconds
+    row["host_up"] = 0
+    return row
+
+
+def restart_targets(
+    lost: Sequence[GuestConfig],
+    hosts: Sequence[HostSpec],
+    up: Sequence[bool],
+    reserved: Mapping[str, int],
+) -> dict[str, str | None]:
+    """Guest name -> live host to restart it on, or None if none fits.
+
+    ``reserved`` holds the bytes already reserved on each host.
+    """
+    free = {
+        h.name: h.memory_bytes - reserved.get(h.name, 0)
+        for h, alive in zip(hosts, up, strict=True)
+        if alive
+    }
+    targets: dict[str, str | None] = {}
+    for config in lost:
+        need = config.pages * PAGE_SIZE
+        fits = [name for name, room in free.items() if room >= need]
+        if not fits:
+            targets[config.name] = None
+            continue
+        best = max(fits, key=lambda name: free[name])
+        free[best] -= need
+        targets[config.name] = best
+    return targets
+
+
+def restart_config(config: GuestConfig) -> GuestConfig:
+    """The configuration a guest restarts with on another host."""
+    if config.kind == "hvm" and config.bonus != "none":
+        return dataclasses.replace(config, bonus="none")
+    return config
