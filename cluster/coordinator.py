@@ -21,6 +21,12 @@ a host's actor at the end of the batch that reaches the failure's tick
 raises ``RayActorError``, which marks the host down, whoever killed it.
 Its guests are restarted from their images on live hosts with room.
 
+Guests migrate between batches (``cluster.migration`` decides,
+``node.migration`` moves): scripted in the scenario, or by the
+scenario's ``migration_policy``. Each move is recorded with the pages
+sent, with and without skipping content the destination holds, and the
+sharing lost at the source and gained at the destination.
+
 Results depend only on the scenario and seed: each host's randomness
 derives from the seed and each guest's from its position in the
 scenario, and nothing depends on which Ray node runs which host.
@@ -38,6 +44,7 @@ import ray
 from cluster.catalog import Catalog
 from cluster.failures import down_row, restart_config, restart_targets
 from cluster.metrics import RunState
+from cluster.migration import consolidate, rebalance, reserved_bytes
 from cluster.scenario import PAGE_SIZE, Scenario, ScenarioError
 from dedup.content import ContentStore
 from node.actor import HostActor
@@ -241,10 +248,61 @@ class Coordinator:
 
     def _scheduled_events(self, tick: int) -> None:
         """Kill the hosts scheduled to fail now; do the migrations."""
-        for failure in self.scenario.failures:
+        s = self.scenario
+        for failure in s.failures:
             if failure.at_tick == tick:
                 self._kill(self._host_index(failure.host), tick)
         self._restart_lost(tick)
+        for m in s.migrations:
+            if m.at_tick == tick:
+                self._migrate(m.guest, m.to, tick, "scripted")
+        if s.migration_policy == "consolidate":
+            moves = consolidate(s.hosts, self.up, s.guests, self.placement)
+        elif s.migration_policy == "rebalance":
+            moves = rebalance(
+                s.hosts, self.up, s.guests, self.placement, self.latest
+            )
+        else:
+            moves = []
+        for guest, to in moves:
+            self._migrate(guest, to, tick, s.migration_policy)
+
+    def _migrate(self, guest: str, to: str, tick: int, reason: str) -> None:
+        """Move a guest between two live hosts, recording the cost."""
+        s = self.scenario
+        source = self.placement.get(guest, "")
+        record = {"tick": tick, "guest": guest, "from": source, "to": to}
+        record["reason"] = reason
+        src, dst = self._host_index(source or to), self._host_index(to)
+        spec = next(g for g in s.guests if g.name == guest)
+        room = s.hosts[dst].memory_bytes - reserved_bytes(
+            s.guests, self.placement
+        ).get(to, 0)
+        refusal = None
+        if not source or not self.up[src]:
+            refusal = "guest is not running"
+        elif source == to:
+            refusal = "already there"
+        elif not self.up[dst]:
+            refusal = "destination is down"
+        elif room < spec.memory_bytes:
+            refusal = "no room at the destination"
+        if refusal:
+            self.migrations.append(record | {"refused": refusal})
+            return
+        moving, lost_ref = self.actors[src].emigrate.remote(guest)
+        gained = ray.get(self.actors[dst].immigrate.remote(moving))
+        lost = ray.get(lost_ref)
+        self.placement[guest] = to
+        self.latest[src] = _up(lost["source"])
+        self.latest[dst] = _up(gained["destination"])
+        record.update(
+            pages_sent=gained["pages_sent"],
+            pages_sent_skipping_known=gained["pages_sent_skipping_known"],
+            sharing_lost_bytes=lost["sharing_lost_pages"] * PAGE_SIZE,
+            sharing_gained_bytes=gained["sharing_gained_pages"] * PAGE_SIZE,
+        )
+        self.migrations.append(record)
 
     def _kill(self, index: int, tick: int) -> None:
         """Kill a host's actor and wait until calls to it fail."""

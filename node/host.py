@@ -64,7 +64,10 @@ class Host:
         self.repayment_invariant = repayment_invariant
         self.dom0: ServiceDomain | None = None
         self.guests: list[Guest] = []
+        self.images: dict[str, Image] = {}
+        self.image_uids: dict[str, int] = {}
         self.tick = 0
+        self._last_domid = DOM0
         self.events: list[dict] = []
         self._next_content = SYNTHETIC_BASE + (index << 40)
 
@@ -75,6 +78,8 @@ class Host:
         image_uids: dict[str, int],
     ) -> dict:
         """Build each guest's domain, boot it, share what it hinted."""
+        self.images.update(images)
+        self.image_uids.update(image_uids)
         hvm_bonus = sum(
             c.pages for c in configs if c.kind == "hvm" and c.bonus != "none"
         )
@@ -82,7 +87,7 @@ class Host:
             self.dom0 = ServiceDomain(hvm_bonus)
             self.memory.create_domain(DOM0, hvm_bonus, populated=0)
         for config in configs:
-            domid = len(self.guests) + 1  # dom0 is domain 0
+            domid = self.new_domid()
             self.memory.create_domain(
                 domid, config.pages + config.bonus_capacity, config.pages
             )
@@ -191,8 +196,25 @@ class Host:
     def _bonus_holders(self) -> list:
         return [*self.guests, *([self.dom0] if self.dom0 else [])]
 
+    def new_domid(self) -> int:
+        """A domain id never used on this host (dom0 is domain 0)."""
+        self._last_domid += 1
+        return self._last_domid
+
+    def guest(self, name: str) -> Guest:
+        """The guest called ``name``; KeyError if it is not here."""
+        for guest in self.guests:
+            if guest.config.name == name:
+                return guest
+        raise KeyError(name)
+
     def _holder(self, domid: int):
-        return self.dom0 if domid == DOM0 else self.guests[domid - 1]
+        if domid == DOM0:
+            return self.dom0
+        for guest in self.guests:
+            if guest.domid == domid:
+                return guest
+        raise KeyError(domid)
 
     def _adjust_bonus(self) -> None:
         """Lend or take back bonus pages to match each policy's target.
