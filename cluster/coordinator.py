@@ -80,6 +80,17 @@ def place(scenario: Scenario) -> dict[str, str]:
     free = {h.name: h.memory_bytes for h in scenario.hosts}
     placement = {}
     for guest in scenario.guests:
+        if guest.clone_of:
+            # A clone shares its stub's frames: it runs on the stub's host.
+            host = placement[guest.clone_of]
+            if free[host] < guest.memory_bytes:
+                raise ScenarioError(
+                    f"{scenario.source}: guests: cannot place clone "
+                    f"{guest.name} on {host}, the host of its stub: no room"
+                )
+            free[host] -= guest.memory_bytes
+            placement[guest.name] = host
+            continue
         fits = [
             h for h in scenario.hosts if free[h.name] >= guest.memory_bytes
         ]
@@ -128,6 +139,9 @@ def guest_config(scenario: Scenario, index: int) -> GuestConfig:
         burst_tick=w.burst_tick,
         bonus=g.bonus,
         bonus_fraction=g.bonus_fraction,
+        stub=g.stub,
+        clone_of=g.clone_of,
+        warmup_ticks=g.warmup_ticks,
     )
 
 

@@ -39,6 +39,7 @@ GAUGE_KEYS = (
     "saved_zero_bytes",
     "saved_disk_bytes",
     "saved_library_bytes",
+    "saved_fork_bytes",
     "bonus_pages",
     "fifo_pages",
     "fifo_shortfall_pages",

@@ -117,8 +117,9 @@ METRICS: tuple[MetricDef, ...] = (
         "saved_bytes",
         "gauge",
         ("source",),
-        "Memory saved by sharing, by the hint source that found it.",
-        _by(SOURCES, lambda v: f"saved_{v}_bytes"),
+        "Memory saved by sharing, by the hint source that found it "
+        "(fork: shared by forking a stub).",
+        _by((*SOURCES, "fork"), lambda v: f"saved_{v}_bytes"),
     ),
     MetricDef(
         "potential_saved_bytes",

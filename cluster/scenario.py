@@ -132,6 +132,17 @@ class GuestSpec:
     guest shares."""
     bonus_fraction: float = 0.5
     """With "proportional": bonus pages per guest page it shares."""
+    stub: bool = False
+    """A stub domain: booted, then paused and write-protected, to be
+    cloned by guests that name it in ``clone_of``."""
+    clone_of: str = ""
+    """The stub this guest is forked from ("" for none): it starts with
+    all its memory shared with the stub, on the stub's host."""
+    warmup_ticks: int = 0
+    """Ticks of its workload the guest runs at boot, before the run's
+    first tick: a guest that has been running a while. A stub warms up
+    before it is paused, so that its clones inherit a warm page cache
+    and heap."""
 
     @property
     def memory_pages(self) -> int:
@@ -384,7 +395,7 @@ _HOST_KEYS = ("name", "count", "memory")
 _IMAGE_KEYS = ("paths", "exclude", "max_size")
 _GUEST_KEYS = tuple(
     "name count image memory kind boot_read_fraction map_libraries "
-    "workload bonus bonus_fraction".split()
+    "workload bonus bonus_fraction stub clone_of warmup_ticks".split()
 )
 _GUEST_REQUIRED = ("name", "image", "memory")
 _WORKLOAD_KEYS = tuple(f.name for f in dataclasses.fields(WorkloadSpec))
@@ -399,6 +410,7 @@ def _build(context: _Context, raw: dict[str, Any], source: str) -> Scenario:
         _parse_guest,
         images={image.name for image in images},
         room=max(host.memory_bytes for host in hosts),
+        stubs={},
     )
     guests = _expand_section(context, top["guests"], "guests", parse_guest)
     _check_total_memory(context, hosts, guests)
@@ -602,9 +614,16 @@ def _package_path(context: _Context, package: str, key: str) -> str:
 
 
 def _parse_guest(
-    context: _Context, entry: Any, key: str, images: set[str], room: int
+    context: _Context,
+    entry: Any,
+    key: str,
+    images: set[str],
+    room: int,
+    stubs: dict[str, GuestSpec],
 ) -> tuple[int, GuestSpec]:
-    """Check one [[guests]] entry against the images and the largest host."""
+    """Check one [[guests]] entry against the images, the largest host
+    and the stubs defined before it (``stubs`` grows as entries are
+    read)."""
     table = context.as_table(entry, key, _GUEST_KEYS, _GUEST_REQUIRED)
     guest = GuestSpec(
         name=_entry_name(context, table["name"], f"{key}.name"),
@@ -624,12 +643,49 @@ def _parse_guest(
         bonus_fraction=_unit_float(
             context, table.get("bonus_fraction", 0.5), f"{key}.bonus_fraction"
         ),
+        stub=context.as_bool(table.get("stub", False), f"{key}.stub"),
+        warmup_ticks=context.as_int(
+            table.get("warmup_ticks", 0), f"{key}.warmup_ticks", 0
+        ),
     )
     if guest.memory_bytes > room:
         size, largest = format_size(guest.memory_bytes), format_size(room)
         what = f"impossible size: {size} is more than the largest host"
         context.fail(f"{key}.memory", f"{what} ({largest})")
-    return context.as_int(table.get("count", 1), f"{key}.count", 1), guest
+    count = context.as_int(table.get("count", 1), f"{key}.count", 1)
+    if "clone_of" in table:
+        guest = _clone(context, table, key, guest, stubs)
+    if guest.stub:
+        if count > 1:
+            context.fail(f"{key}.count", "a stub guest has count = 1")
+        stubs[guest.name] = guest
+    return count, guest
+
+
+def _clone(
+    context: _Context,
+    table: dict[str, Any],
+    key: str,
+    guest: GuestSpec,
+    stubs: dict[str, GuestSpec],
+) -> GuestSpec:
+    """A clone: names an earlier stub, has its image, memory and kind."""
+    name = context.as_str(table["clone_of"], f"{key}.clone_of")
+    if name not in stubs:
+        what = f"{name!r} is not a stub guest defined earlier"
+        context.fail(f"{key}.clone_of", what)
+    if guest.stub:
+        context.fail(f"{key}.stub", "a clone cannot be a stub")
+    stub = stubs[name]
+    for field, label in (
+        ("image", "image"),
+        ("memory_bytes", "memory"),
+        ("kind", "kind"),
+    ):
+        if getattr(guest, field) != getattr(stub, field):
+            what = f"a clone has the {label} of its stub {name!r}"
+            context.fail(f"{key}.{label}", what)
+    return dataclasses.replace(guest, clone_of=name)
 
 
 def _choice(
@@ -702,6 +758,8 @@ def _dump_image(image: ImageSpec) -> str:
 
 def _dump_guest(guest: GuestSpec) -> str:
     fields = {"name": guest.name, "count": 1} | dataclasses.asdict(guest)
+    if not guest.clone_of:
+        del fields["clone_of"]
     fields["memory_bytes"] = format_size(guest.memory_bytes)
     fields = {key.removesuffix("_bytes"): v for key, v in fields.items()}
     workload = _dump_table("[guests.workload]", fields.pop("workload"))

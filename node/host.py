@@ -34,6 +34,7 @@ from dedup.memory import HostMemory
 from dedup.repayment import Repayment
 from node.daemon import CowDaemon
 from node.dom0 import DOM0, ServiceDomain
+from node.fork import FORK, fork, make_stub
 from node.guest import Guest, GuestConfig
 from node.image import Image
 
@@ -88,6 +89,10 @@ class Host:
             self.memory.create_domain(DOM0, hvm_bonus, populated=0)
         for config in configs:
             domid = self.new_domid()
+            if config.clone_of:
+                stub = self.guest(config.clone_of)
+                self.guests.append(fork(self, stub, config, domid))
+                continue
             self.memory.create_domain(
                 domid, config.pages + config.bonus_capacity, config.pages
             )
@@ -100,6 +105,11 @@ class Host:
             )
             self.guests.append(guest)
             guest.boot(self._write, self._fresh)
+            for _ in range(config.warmup_ticks):
+                guest.tick(self._write, self._fresh)
+                self._share()
+            if config.stub:
+                make_stub(self, guest)
         self._share()
         self._adjust_bonus()
         self.memory.check()
@@ -132,7 +142,9 @@ class Host:
             "tick": self.tick,
             "sim_time_seconds": self.tick * self.tick_seconds,
             "guests": len(self.guests),
-            "guests_paused": sum(g.paused for g in self.guests),
+            "guests_paused": sum(
+                g.paused and not g.config.stub for g in self.guests
+            ),
             "guest_bytes": guest_pages * PAGE_SIZE,
             "machine_bytes": m.frames.n_frames * PAGE_SIZE,
             "machine_bytes_used": m.frames_in_use() * PAGE_SIZE,
@@ -146,9 +158,10 @@ class Host:
             + c.faults_copy
             + c.faults_unsatisfied,
         }
-        saved = m.saved_by_source(len(SOURCES))
-        for source, pages in zip(SOURCES, saved.tolist(), strict=True):
+        saved = m.saved_by_source(len(SOURCES) + 1)
+        for source, pages in zip(SOURCES, saved.tolist()[:-1], strict=True):
             row[f"saved_{source}_bytes"] = pages * PAGE_SIZE
+        row["saved_fork_bytes"] = int(saved[FORK]) * PAGE_SIZE
         for kind in FAULT_KINDS:
             row[f"faults_{kind}"] = getattr(c, f"faults_{kind}")
         row["bytes_copied"] = c.bytes_copied
