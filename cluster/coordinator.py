@@ -11,9 +11,10 @@ Data structures:
 - the catalog (``cluster.catalog``), rebuilt from the hosts' digests
   after each batch: which images and libraries are resident where.
 
-Placement here is "spread": each guest, in scenario order, goes to the
-host with the most unreserved memory that can hold it, ties broken by
-host order. Hosts never overcommit: a guest's memory is reserved whole.
+Placement follows the scenario's ``placement_policy`` (default
+"spread": each guest, in scenario order, goes to the host with the most
+unreserved memory that can hold it, ties broken by host order). Hosts
+never overcommit: a guest's memory is reserved whole.
 
 Hosts fail (``cluster.failures``): on schedule, the coordinator kills
 a host's actor at the end of the batch that reaches the failure's tick
@@ -45,6 +46,7 @@ from cluster.catalog import Catalog
 from cluster.failures import down_row, restart_config, restart_targets
 from cluster.metrics import RunState
 from cluster.migration import consolidate, rebalance, reserved_bytes
+from cluster.placement import choose_host
 from cluster.scenario import PAGE_SIZE, Scenario, ScenarioError
 from dedup.content import ContentStore
 from node.actor import HostActor
@@ -76,9 +78,14 @@ class RunResult:
 
 
 def place(scenario: Scenario) -> dict[str, str]:
-    """Spread placement: the host with most free memory that fits."""
+    """Place every guest by the scenario's ``placement_policy``.
+
+    Clones go to their stub's host. See
+    :func:`cluster.placement.choose_host` for the policies.
+    """
     free = {h.name: h.memory_bytes for h in scenario.hosts}
-    placement = {}
+    placement: dict[str, str] = {}
+    same: dict[str, dict[str, int]] = {}
     for guest in scenario.guests:
         if guest.clone_of:
             # A clone shares its stub's frames: it runs on the stub's host.
@@ -88,20 +95,22 @@ def place(scenario: Scenario) -> dict[str, str]:
                     f"{scenario.source}: guests: cannot place clone "
                     f"{guest.name} on {host}, the host of its stub: no room"
                 )
-            free[host] -= guest.memory_bytes
-            placement[guest.name] = host
-            continue
-        fits = [
-            h for h in scenario.hosts if free[h.name] >= guest.memory_bytes
-        ]
-        if not fits:
+        else:
+            host = choose_host(
+                scenario.placement_policy,
+                guest.memory_bytes,
+                free,
+                same.get(guest.image, {}),
+            )
+        if host is None:
             raise ScenarioError(
                 f"{scenario.source}: guests: cannot place {guest.name} "
                 f"({guest.memory_bytes // 2**20} MiB): no host has room left"
             )
-        best = max(fits, key=lambda h: free[h.name])
-        free[best.name] -= guest.memory_bytes
-        placement[guest.name] = best.name
+        free[host] -= guest.memory_bytes
+        counts = same.setdefault(guest.image, {})
+        counts[host] = counts.get(host, 0) + 1
+        placement[guest.name] = host
     return placement
 
 
@@ -386,7 +395,15 @@ class Coordinator:
             if g.name not in lost_names and self.placement[g.name]:
                 host = self.placement[g.name]
                 reserved[host] = reserved.get(host, 0) + g.memory_bytes
-        targets = restart_targets(lost, s.hosts, self.up, reserved)
+        targets = restart_targets(
+            lost,
+            s.hosts,
+            self.up,
+            reserved,
+            s.placement_policy,
+            {g.name: g.image for g in s.guests},
+            self.placement,
+        )
         by_host: dict[int, list[GuestConfig]] = {}
         for config in lost:
             target = targets[config.name]

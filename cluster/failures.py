@@ -11,11 +11,11 @@ its counters keep the last totals it reported, and ``host_up`` is 0,
 which the ``cowsim_host_up`` gauge exports.
 
 Restarting: a guest's memory dies with its host; the guest boots again
-from its image on a live host with room for its whole memory, chosen
-like the initial spread placement (most unreserved memory, ties to
-host order), guests in scenario order. A guest that fits nowhere is not
-restarted and is reported lost. An HVM guest restarts without bonus
-pages, because the target's dom0 sized its memory cache at boot.
+from its image on a live host with room for its whole memory, chosen by
+the scenario's placement policy (``cluster.placement.choose_host``),
+guests in scenario order. A guest that fits nowhere is not restarted
+and is reported lost. An HVM guest restarts without bonus pages,
+because the target's dom0 sized its memory cache at boot.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+from cluster.placement import choose_host
 from cluster.scenario import PAGE_SIZE, HostSpec
 from node.guest import GuestConfig
 
@@ -62,26 +63,37 @@ def restart_targets(
     hosts: Sequence[HostSpec],
     up: Sequence[bool],
     reserved: Mapping[str, int],
+    policy: str = "spread",
+    images: Mapping[str, str] | None = None,
+    placement: Mapping[str, str] | None = None,
 ) -> dict[str, str | None]:
     """Guest name -> live host to restart it on, or None if none fits.
 
-    ``reserved`` holds the bytes already reserved on each host.
+    ``reserved`` holds the bytes already reserved on each host; the
+    placement ``policy`` chooses among live hosts with room, counting
+    for ``sharing-aware`` the guests of each image (``images``: guest ->
+    image) already placed (``placement``) on each host.
     """
     free = {
         h.name: h.memory_bytes - reserved.get(h.name, 0)
         for h, alive in zip(hosts, up, strict=True)
         if alive
     }
+    same: dict[str, dict[str, int]] = {}
+    lost_names = {c.name for c in lost}
+    for guest, host in (placement or {}).items():
+        if host in free and guest not in lost_names and images:
+            counts = same.setdefault(images[guest], {})
+            counts[host] = counts.get(host, 0) + 1
     targets: dict[str, str | None] = {}
     for config in lost:
         need = config.pages * PAGE_SIZE
-        fits = [name for name, room in free.items() if room >= need]
-        if not fits:
-            targets[config.name] = None
-            continue
-        best = max(fits, key=lambda name: free[name])
-        free[best] -= need
+        counts = same.setdefault(config.image, {})
+        best = choose_host(policy, need, free, counts)
         targets[config.name] = best
+        if best is not None:
+            free[best] -= need
+            counts[best] = counts.get(best, 0) + 1
     return targets
 
 

@@ -377,6 +377,38 @@ def place(
     return Placement(policy, names, assignment, seconds, bits)
 
 
+# Placement in a run ---------------------------------------------------
+
+RUN_POLICIES = ("spread", "first-fit", "sharing-aware")
+"""Policies a run's coordinator places (and restarts) guests with."""
+
+
+def choose_host(
+    policy: str,
+    need_bytes: int,
+    free_bytes: dict[str, int],
+    image_guests: dict[str, int],
+) -> str | None:
+    """The host a run puts a guest on, or None if none has room.
+
+    A run's hosts never overcommit: a host boots a guest's whole memory
+    before any of it is shared. So every policy here reserves the
+    guest's memory whole and only chooses among hosts with room
+    (``free_bytes``, in host order): ``first-fit`` the first,
+    ``spread`` the one with most room, ``sharing-aware`` the one
+    running most guests of the same image (``image_guests``), then the
+    one with most room. Ties go to host order.
+    """
+    fits = [h for h, room in free_bytes.items() if room >= need_bytes]
+    if not fits:
+        return None
+    if policy == "first-fit":
+        return fits[0]
+    if policy == "sharing-aware":
+        return max(fits, key=lambda h: (image_guests.get(h, 0), free_bytes[h]))
+    return max(fits, key=lambda h: free_bytes[h])
+
+
 # Evaluation -----------------------------------------------------------
 
 

@@ -191,6 +191,9 @@ class Scenario:
     """Hosts that fail during the run, in tick order."""
     migrations: tuple[MigrationSpec, ...] = ()
     """Scripted migrations, in tick order."""
+    placement_policy: str = "spread"
+    """How the coordinator places guests and restarts them after a
+    failure: "spread", "first-fit" or "sharing-aware"."""
     migration_policy: str = "none"
     """Migrations the coordinator decides: "none", "consolidate" (empty
     the least loaded host into the others) or "rebalance" (move a guest
@@ -387,10 +390,12 @@ def _read_toml(context: _Context) -> dict[str, Any]:
 
 _TOP_KEYS = tuple(
     "name seed ticks tick_seconds batch_ticks hosts images guests "
-    "repayment_invariant failures migrations migration_policy".split()
+    "repayment_invariant failures migrations migration_policy "
+    "placement_policy".split()
 )
 _TOP_REQUIRED = _TOP_KEYS[1:8]
 _MIGRATION_POLICIES = ("none", "consolidate", "rebalance")
+_PLACEMENT_POLICIES = ("spread", "first-fit", "sharing-aware")
 _HOST_KEYS = ("name", "count", "memory")
 _IMAGE_KEYS = ("paths", "exclude", "max_size")
 _GUEST_KEYS = tuple(
@@ -459,7 +464,14 @@ def _parse_events(
         "migration_policy",
         _MIGRATION_POLICIES,
     )
+    placement = _choice(
+        context,
+        top.get("placement_policy", "spread"),
+        "placement_policy",
+        _PLACEMENT_POLICIES,
+    )
     return {
+        "placement_policy": placement,
         "failures": tuple(sorted(failures, key=lambda f: f.at_tick)),
         "migrations": tuple(sorted(migrations, key=lambda m: m.at_tick)),
         "migration_policy": policy,
@@ -734,6 +746,7 @@ def _dump_run(scenario: Scenario) -> str:
     settings = {key: getattr(scenario, key) for key in _TOP_KEYS[:5]}
     settings["repayment_invariant"] = scenario.repayment_invariant
     settings["migration_policy"] = scenario.migration_policy
+    settings["placement_policy"] = scenario.placement_policy
     return _dump_table(
         "# A cowsim scenario, resolved: one entry per host and guest,\n"
         "# image paths expanded and every default written out.",

@@ -189,3 +189,17 @@ def test_shipped_failure_scenario_end_to_end(tmp_path):
     assert sorted(failure["restarted"]) == sorted(failure["guests"])
     running = sum(len(h["guests"]) for h in summary["hosts"])
     assert running == 12
+
+
+def test_sharing_aware_restarts_next_to_guests_of_the_same_image():
+    hosts = tuple(HostSpec(n, 256 * MiB) for n in ("a", "b", "c"))
+    lost = [GuestConfig("x", 0, "img", 16 * MiB // PAGE_SIZE)]
+    placement = {"y": "b", "z": "c", "x": "a"}
+    images = {"x": "img", "y": "other", "z": "img"}
+    reserved = {"b": 0, "c": 64 * MiB}
+    up = [False, True, True]
+    spread = restart_targets(lost, hosts, up, reserved)
+    aware = restart_targets(
+        lost, hosts, up, reserved, "sharing-aware", images, placement
+    )
+    assert spread == {"x": "b"} and aware == {"x": "c"}

@@ -113,3 +113,15 @@ def test_policies_are_deterministic():
 def test_unknown_policy():
     with pytest.raises(ValueError, match="unknown placement policy"):
         place("random", population([0]), hosts(1))
+
+
+def test_choose_host_for_a_run_never_overcommits():
+    from cluster.placement import choose_host
+
+    free = {"h0": 100, "h1": 300, "h2": 200}
+    same = {"h2": 3}
+    assert choose_host("first-fit", 150, free, same) == "h1"
+    assert choose_host("spread", 150, free, same) == "h1"
+    assert choose_host("sharing-aware", 150, free, same) == "h2"
+    assert choose_host("sharing-aware", 250, free, same) == "h1"
+    assert choose_host("spread", 301, free, same) is None
