@@ -63,7 +63,11 @@ def _seed(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
-    parser = _Parser(prog="cowsim", description=__doc__.split("\n\n")[0])
+    parser = _Parser(
+        prog="cowsim",
+        description="Simulate copy-on-write page sharing across a cluster "
+        "of hypervisor hosts.",
+    )
     parser.add_argument(
         "-v",
         "--verbose",
@@ -77,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         "scenario",
         nargs="?",
         help="scenario TOML file, or the name of a shipped scenario "
-        "(default, worstcase, worstcase-broken); default: default",
+        "(default, worstcase, worstcase-broken, failure, migration, "
+        "fork); default: default",
     )
     run.add_argument(
         "--address",
@@ -110,22 +115,57 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "-q", "--quiet", action="store_true", help="no progress display"
     )
+    run.add_argument(
+        "-v",
+        "--verbose",
+        dest="run_verbose",
+        action="count",
+        default=0,
+        help="log more (-v: run milestones, -vv: detail)",
+    )
+    bench = sub.add_parser(
+        "bench", help="benchmark the sharing engine (ratios, one run)"
+    )
+    bench.add_argument(
+        "--frames",
+        type=_frames,
+        default=1 << 22,
+        help="frames of the benchmark host (default: 4194304, 16 GiB)",
+    )
+    bench.add_argument("--seed", type=_seed, default=0, help="seed")
+    bench.add_argument(
+        "--json", type=Path, help="also write the results to this file"
+    )
     placecmd.add_parser(sub)
     return parser
+
+
+def _frames(text: str) -> int:
+    try:
+        frames = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1024 <= frames <= 1 << 28:
+        raise argparse.ArgumentTypeError(
+            f"must be between 1024 and {1 << 28}: {frames}"
+        )
+    return frames
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cowsim`` command."""
     args = build_parser().parse_args(argv)
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[
-        min(args.verbose, 2)
-    ]
+    verbose = args.verbose + getattr(args, "run_verbose", 0)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s"
     )
-    handler = placecmd.run if args.command == "place" else _run
     try:
-        return handler(args)
+        if args.command == "bench":
+            return _bench(args)
+        if args.command == "place":
+            return placecmd.run(args)
+        return _run(args)
     except CowsimError as exc:
         print(f"cowsim: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -146,9 +186,28 @@ def _run(args: argparse.Namespace) -> int:
         f"{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
     )
     check_results_dir(results)
-    if args.linger < 0:
-        raise CowsimError(f"--linger {args.linger}: must be >= 0")
+    if not 0 <= args.linger < float("inf"):
+        raise CowsimError(f"--linger {args.linger}: must be a number >= 0")
     return _execute(args, scenario, results)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from cluster.bench import format_bench, run_bench
+
+    if args.json and args.json.is_dir():
+        raise CowsimError(f"--json {args.json}: is a directory")
+    rows = run_bench(args.frames, args.seed)
+    print(format_bench(rows))
+    if args.json:
+        try:
+            args.json.write_text(
+                json.dumps([r.as_dict() for r in rows], indent=2) + "\n"
+            )
+        except OSError as exc:
+            raise CowsimError(f"--json {args.json}: {exc.strerror}") from exc
+    return 0
 
 
 def _scenario_path(arg: str | None) -> str | None:
@@ -158,12 +217,18 @@ def _scenario_path(arg: str | None) -> str | None:
     if arg is None or Path(arg).exists() or arg.endswith(".toml"):
         return arg
     shipped = DEFAULT_SCENARIO_PATH.parent / f"{arg}.toml"
-    return str(shipped) if shipped.exists() else arg
+    if shipped.exists():
+        return str(shipped)
+    names = ", ".join(
+        sorted(p.stem for p in DEFAULT_SCENARIO_PATH.parent.glob("*.toml"))
+    )
+    raise CowsimError(f"{arg}: no such file, nor a shipped scenario ({names})")
 
 
 def _execute(args, scenario, results: Path) -> int:
     import ray
 
+    started = time.monotonic()
     from cluster.coordinator import Coordinator, load_images, place
     from cluster.metrics import MetricsServer, RunState
     from cluster.results import format_table, write_results
@@ -171,6 +236,9 @@ def _execute(args, scenario, results: Path) -> int:
     # Everything that can reject the input runs before Ray starts.
     place(scenario)
     images = load_images(scenario)
+    # "local" starts a fresh instance even when another one runs here.
+    address = args.address or os.environ.get("RAY_ADDRESS") or "local"
+    _check_reachable(address)
     state = RunState()
     try:
         server = MetricsServer(state, args.metrics_port, args.metrics_addr)
@@ -179,7 +247,7 @@ def _execute(args, scenario, results: Path) -> int:
     print(f"metrics: {server.url}", file=sys.stderr, flush=True)
     progress = None if args.quiet else _progress(scenario.ticks)
     try:
-        _init_ray(args.address)
+        _init_ray(address)
         coordinator = Coordinator(scenario, state, progress, images)
         try:
             result = coordinator.run()
@@ -189,13 +257,21 @@ def _execute(args, scenario, results: Path) -> int:
             return EXIT_RUN_FAILED
         finally:
             coordinator.shutdown()
-        summary = write_results(result, results)
-        if progress:
+        try:
+            summary = write_results(result, results)
+        except OSError as exc:
+            print(
+                f"cowsim: error: --results {results}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return EXIT_RUN_FAILED
+        if progress and sys.stderr.isatty():
             print(file=sys.stderr)
         print(format_table(summary))
         print(
-            f"results: {results}  ({result.wall_seconds:.1f} s wall, "
-            f"{scenario.ticks} ticks)"
+            f"results: {results}  ({scenario.ticks} ticks; "
+            f"{result.wall_seconds:.1f} s simulating, "
+            f"{time.monotonic() - started:.1f} s in all)"
         )
         if args.linger:
             time.sleep(args.linger)
@@ -204,22 +280,43 @@ def _execute(args, scenario, results: Path) -> int:
     return 0
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str) -> None:
     import ray
 
     if ray.is_initialized():
         return
-    # "local" starts a fresh instance even when another one runs here.
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    # Token authentication is what a local instance should have; Ray's
+    # notice about it on every start is noise in a run's output.
+    logging.getLogger(
+        "ray._private.authentication.authentication_token_setup"
+    ).setLevel(logging.ERROR)
     try:
+        # Worker output is not forwarded: hosts report their events, which
+        # the summary prints, and a failed actor's error is caught here.
         ray.init(
             address=address,
             include_dashboard=False,
             logging_level=logging.WARNING,
+            log_to_driver=False,
         )
     except (ConnectionError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
         raise CowsimError(f"--address {address}: {first}") from exc
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a HOST:PORT nobody listens on: Ray would retry for
+    minutes before giving up."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise CowsimError(f"--address {address}: {reason}") from exc
 
 
 def _progress(total: int):

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.catalog import Catalog
 from cluster.failures import down_row, restart_config, restart_targets
@@ -49,6 +50,7 @@ from cluster.migration import consolidate, rebalance, reserved_bytes
 from cluster.placement import choose_host
 from cluster.scenario import PAGE_SIZE, Scenario, ScenarioError
 from dedup.content import ContentStore
+from dedup.errors import ImageError
 from node.actor import HostActor
 from node.guest import GuestConfig
 from node.image import Image, load_image
@@ -119,9 +121,13 @@ def load_images(scenario: Scenario) -> dict[str, Image]:
     store = ContentStore()
     images = {}
     for spec in scenario.images:
-        images[spec.name] = load_image(
-            spec.name, spec.paths, store, spec.exclude, spec.max_bytes
-        )
+        try:
+            images[spec.name] = load_image(
+                spec.name, spec.paths, store, spec.exclude, spec.max_bytes
+            )
+        except ImageError as exc:
+            key = f"images.{spec.name}"
+            raise ImageError(f"{scenario.source}: {key}: {exc}") from exc
         log.info("image %s: %d blocks", spec.name, images[spec.name].n_blocks)
     log.info(
         "%d distinct pages in %d images", store.distinct_pages, len(images)
@@ -437,10 +443,17 @@ class Coordinator:
         s = self.scenario
         self._uids = {spec.name: i + 1 for i, spec in enumerate(s.images)}
         self._images_ref = ray.put(images)
+        nodes = _alive_nodes()
         boots = []
         for index, host in enumerate(s.hosts):
+            # Hosts go round-robin over the nodes: every node gets its share
+            # however Ray would have packed them. Results do not depend on
+            # it; the host's seed comes from the scenario and its index.
+            node = NodeAffinitySchedulingStrategy(
+                nodes[index % len(nodes)], soft=True
+            )
             actor = HostActor.options(
-                num_cpus=0, scheduling_strategy="SPREAD"
+                num_cpus=0, scheduling_strategy=node
             ).remote(
                 host.name,
                 index,
@@ -483,3 +496,8 @@ def _up(row: dict) -> dict:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _alive_nodes() -> list[str]:
+    """Ids of the cluster's live nodes, in a stable order."""
+    return sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])

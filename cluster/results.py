@@ -102,6 +102,10 @@ def write_results(result: RunResult, directory: Path) -> dict:
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=parent))
     try:
+        # mkdtemp makes a private directory; results get the usual mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
         (tmp / "scenario.toml").write_text(dump_scenario(result.scenario))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _write_csv(tmp / "timeseries.csv", result.series)
@@ -115,6 +119,13 @@ def write_results(result: RunResult, directory: Path) -> dict:
 def check_results_dir(directory: Path) -> None:
     """Refuse a results directory that exists and is not empty."""
     directory = Path(directory)
+    for parent in directory.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CowsimError(
+                    f"--results {directory}: {parent} is not a directory"
+                )
+            break
     if directory.exists() and (
         not directory.is_dir() or any(directory.iterdir())
     ):
@@ -172,4 +183,13 @@ def format_table(summary: dict) -> str:
             f"unsatisfied faults: {unsatisfied:,}; guests paused: "
             f"{c['guests_paused']} (see events in summary.json)"
         )
+    for event in summary.get("events", [])[:_EVENTS_SHOWN]:
+        lines.append(
+            f"  tick {event['tick']}: {event['guest']} paused on "
+            f"{event['host']}, {event['pages']:,} writes found no frame"
+        )
     return "\n".join(lines)
+
+
+# The table lists the first pause events; summary.json has all of them.
+_EVENTS_SHOWN = 8

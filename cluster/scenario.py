@@ -51,6 +51,9 @@ DEFAULT_SCENARIO_PATH = Path(__file__).parent / "scenarios" / "default.toml"
 _BUILT_IN_SOURCE = "built-in default"
 _KINDS = ("pv", "hvm")
 _BONUS = ("none", "proportional")
+# The engine keeps about 54 bytes of state per simulated frame: a 256 GiB
+# host costs 3.4 GB of real memory in its actor.
+MAX_HOST_BYTES = 256 * 2**30
 _IMAGE_NAME = re.compile(r"[a-z0-9_-]+")
 _ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
@@ -419,6 +422,7 @@ def _build(context: _Context, raw: dict[str, Any], source: str) -> Scenario:
     )
     guests = _expand_section(context, top["guests"], "guests", parse_guest)
     _check_total_memory(context, hosts, guests)
+    _check_bursts(context, top["guests"], settings["ticks"])
     sections = {"hosts": hosts, "images": images, "guests": guests}
     sections.update(_parse_events(context, top, settings, hosts, guests))
     return Scenario(source=source, **settings, **sections)
@@ -495,9 +499,11 @@ def _parse_settings(context: _Context, top: dict[str, Any]) -> dict[str, Any]:
     seconds = context.as_float(top["tick_seconds"], "tick_seconds")
     if seconds <= 0:
         context.fail("tick_seconds", f"must be > 0, got {seconds}")
-    name = top.get("name", Path(context.file).stem)
+    # The name becomes part of the results directory's name.
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(context.file).stem)
+    name = top.get("name", stem.lstrip("_.-") or "scenario")
     return {
-        "name": context.as_str(name, "name"),
+        "name": _entry_name(context, name, "name"),
         "seed": context.as_int(top["seed"], "seed", 0),
         "ticks": context.as_int(top["ticks"], "ticks", 1),
         "tick_seconds": seconds,
@@ -552,6 +558,14 @@ def _parse_host(
         name=_entry_name(context, table.get("name", "host"), f"{key}.name"),
         memory_bytes=context.as_size(table["memory"], f"{key}.memory"),
     )
+    if host.memory_bytes > MAX_HOST_BYTES:
+        size, most = (
+            format_size(host.memory_bytes),
+            format_size(MAX_HOST_BYTES),
+        )
+        context.fail(
+            f"{key}.memory", f"{size} is more than a host may have ({most})"
+        )
     return context.as_int(table.get("count", 1), f"{key}.count", 1), host
 
 
@@ -740,6 +754,15 @@ def _check_total_memory(
         guest, host = format_size(guest_bytes), format_size(host_bytes)
         what = f"total guest memory {guest} is more than total host memory"
         context.fail("guests", f"{what} {host}")
+
+
+def _check_bursts(context: _Context, raw: list, ticks: int) -> None:
+    """A burst after the last tick would silently never happen."""
+    for index, entry in enumerate(raw):
+        burst = entry.get("workload", {}).get("burst_tick", 0)
+        if burst > ticks:
+            key = f"guests[{index}].workload.burst_tick"
+            context.fail(key, f"{burst} is after the last tick ({ticks})")
 
 
 def _dump_run(scenario: Scenario) -> str:

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dedup.arrays import unique
 from dedup.content import PAGE_SIZE
 from dedup.frames import FREE
 from dedup.memory import SAME_FRAME, SHARED, HostMemory
@@ -144,19 +143,18 @@ class HintTable:
         order = np.argsort(batch.keys, kind="stable")
         keys = batch.keys[order]
         sources = batch.sources[order]
-        slots = _slots(memory, batch.domids[order], batch.gfns[order])
+        slots = memory.slots_of(batch.domids[order], batch.gfns[order])
         mfns = np.where(slots >= 0, memory.p2m[np.maximum(slots, 0)], -1)
         outcome = np.full(keys.size, O_SHARED, dtype=np.int8)
         outcome[mfns < 0] = O_UNPOPULATED
 
         # One target frame per key: the recorded one if still valid.
         live = mfns >= 0
-        ukeys, starts = _group_starts(keys)
+        ukeys, starts, group = _group_starts(keys)
         target = self._recorded(f, ukeys)
         lead = _leaders(mfns, starts)
         fresh = target < 0
         target[fresh] = np.append(mfns, -1)[lead[fresh]]
-        group = np.searchsorted(ukeys, keys)
         hint_target = target[group]
 
         # Verify: equal content ids are equal bytes.
@@ -175,8 +173,9 @@ class HintTable:
 
         pairs = np.flatnonzero(equal)
         if pairs.size:
+            # Marking a frame twice is harmless: no need to dedupe.
             memory.mark_page_ro(
-                unique(np.concatenate([hint_target[pairs], mfns[pairs]]))
+                np.concatenate([hint_target[pairs], mfns[pairs]])
             )
             codes = memory.share_mfns(
                 hint_target[pairs], mfns[pairs], sources[pairs]
@@ -222,23 +221,16 @@ class HintTable:
         return pos, hit
 
 
-def _slots(memory: HostMemory, domids, gfns) -> np.ndarray:
-    """Slots of (domain, GFN) pairs; -1 for a domain that is gone."""
-    out = np.full(gfns.size, -1, dtype=np.int64)
-    for domid in unique(domids).tolist():
-        if domid not in memory.domains():
-            continue
-        sel = domids == domid
-        out[sel] = memory.slots(domid, gfns[sel])
-    return out
-
-
-def _group_starts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct keys of a sorted array and where each group starts."""
+def _group_starts(
+    keys: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct keys of a sorted array, where each group starts, and the
+    group of every key."""
     boundary = np.ones(keys.size, dtype=bool)
     boundary[1:] = keys[1:] != keys[:-1]
     starts = np.flatnonzero(boundary)
-    return keys[starts], starts
+    group = np.cumsum(boundary) - 1
+    return keys[starts], starts, group
 
 
 def _leaders(mfns: np.ndarray, starts: np.ndarray) -> np.ndarray:

@@ -158,6 +158,28 @@ class HostMemory:
             raise IndexError(f"GFN out of range for domain {domid}")
         return base + gfns
 
+    def slots_of(self, domids: np.ndarray, gfns: np.ndarray) -> np.ndarray:
+        """Slots of (domain, GFN) pairs, -1 where the domain is gone;
+        raises IndexError when a live domain's GFN is out of range."""
+        domids = np.asarray(domids, dtype=np.int64)
+        gfns = np.asarray(gfns, dtype=np.int64)
+        if domids.size == 0:
+            return np.empty(0, dtype=np.int64)
+        if domids.min() < 0:
+            raise IndexError("negative domain id")
+        # Domain ids are small: a table indexed by id replaces a search.
+        top = int(domids.max()) + 1
+        base = np.full(top, -1, dtype=np.int64)
+        size = np.zeros(top, dtype=np.int64)
+        for domid, (first, n) in self._ranges.items():
+            if domid < top:
+                base[domid], size[domid] = first, n
+        first = base[domids]
+        live = first >= 0
+        if np.any(live & ((gfns < 0) | (gfns >= size[domids]))):
+            raise IndexError("GFN out of range for its domain")
+        return np.where(live, first + gfns, -1)
+
     def domain_p2m(self, domid: int) -> np.ndarray:
         """A read-only view of ``domid``'s GFN -> MFN map."""
         base, n = self._ranges[domid]
@@ -266,25 +288,29 @@ class HostMemory:
         pending = np.flatnonzero(result == SHARED)
         forward: dict[int, int] = {}
         while pending.size:
-            # Frames merged away in an earlier round live on in their
-            # source: follow them, then check the pair again.
-            _follow(sources, pending, forward)
-            _follow(clients, pending, forward)
-            result[pending] = self._validate(
-                sources[pending], clients[pending]
-            )
-            pending = pending[result[pending] == SHARED]
+            if forward:
+                # Frames merged away in an earlier round live on in their
+                # source: follow them, then check the pair again.
+                _follow(sources, pending, forward)
+                _follow(clients, pending, forward)
+                result[pending] = self._validate(
+                    sources[pending], clients[pending]
+                )
+                pending = pending[result[pending] == SHARED]
+                if not pending.size:
+                    break
             round_ = _independent(sources[pending], clients[pending])
             chosen = pending[round_]
             self._merge(sources[chosen], clients[chosen], kinds[chosen])
-            forward.update(
-                zip(
-                    clients[chosen].tolist(),
-                    sources[chosen].tolist(),
-                    strict=True,
-                )
-            )
             pending = pending[~round_]
+            if pending.size:
+                forward.update(
+                    zip(
+                        clients[chosen].tolist(),
+                        sources[chosen].tolist(),
+                        strict=True,
+                    )
+                )
         refused = int(np.count_nonzero(result > SAME_FRAME))
         self.counters.shares += int(np.count_nonzero(result == SHARED))
         self.counters.share_refusals += refused
@@ -400,10 +426,8 @@ class HostMemory:
     ) -> None:
         """Remap every mapping of each client to its source; free clients."""
         f = self.frames
-        slots, owners = self._client_slots(clients)
-        order = np.argsort(clients)
-        where = np.searchsorted(clients[order], owners)
-        self.p2m[slots] = sources[order][where]
+        slots, pairs = self._client_slots(clients)
+        self.p2m[slots] = sources[pairs]
         np.add.at(f.count, sources, f.count[clients])
         fresh = f.owner[sources] != COW_DOMAIN
         f.owner[sources] = COW_DOMAIN
@@ -414,17 +438,24 @@ class HostMemory:
     def _client_slots(
         self, clients: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Slots mapping the clients, and which client each slot maps."""
+        """Slots mapping the clients (distinct frames), and the index in
+        ``clients`` of the frame each slot maps.
+
+        A frame with one mapping knows its slot; only frames mapped more
+        than once (already shared) need a scan of the p2m maps.
+        """
         f = self.frames
         single = (f.count[clients] == 1) & (f.mapper[clients] >= 0)
-        slots = [f.mapper[clients[single]]]
-        owners = [clients[single]]
-        rest = clients[~single]
+        first = np.flatnonzero(single)
+        slots, pairs = [f.mapper[clients[first]]], [first]
+        rest = np.flatnonzero(~single)
         if rest.size:
-            found = np.flatnonzero(np.isin(self.p2m, rest))
+            order = rest[np.argsort(clients[rest])]
+            found = np.flatnonzero(np.isin(self.p2m, clients[order]))
+            where = np.searchsorted(clients[order], self.p2m[found])
             slots.append(found)
-            owners.append(self.p2m[found])
-        return np.concatenate(slots), np.concatenate(owners)
+            pairs.append(order[where])
+        return np.concatenate(slots), np.concatenate(pairs)
 
     def _fault(
         self,
@@ -535,11 +566,21 @@ def _last_write_wins(
 def _independent(sources: np.ndarray, clients: np.ndarray) -> np.ndarray:
     """Pairs that can be merged together: each client once, no client
     used as a source in the same round. Always picks at least one."""
-    first = np.zeros(clients.size, dtype=bool)
     if clients.size == 0:
-        return first
-    first[first_index(clients)] = True
-    ok = first & ~np.isin(clients, sources)
+        return np.zeros(0, dtype=bool)
+    top = int(max(clients.max(), sources.max())) + 1
+    if clients.size * 8 >= top:
+        # Dense batch: counting over the frame numbers beats sorting.
+        first = np.bincount(clients, minlength=top)[clients] == 1
+        repeated = np.flatnonzero(~first)
+        first[repeated[first_index(clients[repeated])]] = True
+        is_source = np.zeros(top, dtype=bool)
+        is_source[sources] = True
+        ok = first & ~is_source[clients]
+    else:
+        first = np.zeros(clients.size, dtype=bool)
+        first[first_index(clients)] = True
+        ok = first & ~np.isin(clients, sources)
     if not ok.any():
         ok[0] = True
     return ok

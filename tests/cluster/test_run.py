@@ -174,10 +174,17 @@ def test_run_serves_metrics_while_running_and_writes_results(tmp_path):
         (["run", "--seed", "-4"], "--seed"),
         (["run", "--metrics-port", "70000"], "--metrics-port"),
         (["run", "--linger", "-1"], "--linger"),
+        (["run", "--linger", "nan"], "--linger"),
+        (["run", "nosuchname"], "worstcase"),
+        (["run", "--results", "afile/sub"], "afile is not a directory"),
+        (["run", "--address", "127.0.0.1:1"], "--address 127.0.0.1:1"),
     ],
 )
 def test_bad_command_line_is_one_line_and_exit_2(tmp_path, args, needle):
-    proc = cowsim(*args, "--results", str(tmp_path / "r"), cwd=tmp_path)
+    (tmp_path / "afile").write_text("")
+    if "--results" not in args:
+        args = [*args, "--results", str(tmp_path / "r")]
+    proc = cowsim(*args, cwd=tmp_path)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert len(err.strip().splitlines()) == 1, err

@@ -319,7 +319,7 @@ def test_default_round_trips(tmp_path: Path) -> None:
 def test_written_scenario_round_trips(tmp_path: Path) -> None:
     (tmp_path / "{odd}").mkdir()
     text = change('paths = ["data"]', 'paths = ["data", "{{odd}}"]')
-    text = text.replace("seed = 3", 'name = "q\\"uote\\\\d\\u00e9"\nseed = 3')
+    text = text.replace("seed = 3", 'name = "odd.name_1-x"\nseed = 3')
     scenario = load_scenario(write(tmp_path, text))
     dumped = write(tmp_path, dump_scenario(scenario), "dumped.toml")
     assert load_scenario(dumped) == scenario
@@ -617,6 +617,24 @@ ERROR_CASES = {
         "guests",
         "total guest memory 144MiB is more than total host memory 128MiB",
     ),
+    "host larger than the engine allows": (
+        'count = 2\nmemory = "64MiB"',
+        'count = 2\nmemory = "1000TiB"',
+        "hosts[0].memory",
+        "1000TiB is more than a host may have (256GiB)",
+    ),
+    "burst after the last tick": (
+        'memory = "16MiB"\n',
+        'memory = "16MiB"\nworkload = { burst_tick = 11 }\n',
+        "guests[0].workload.burst_tick",
+        "11 is after the last tick (10)",
+    ),
+    "scenario name leaves the results folder": (
+        "seed = 3",
+        'name = "../escaped"\nseed = 3',
+        "name",
+        "bad name '../escaped'",
+    ),
     # duplicate names
     "duplicate guest": (
         'memory = "16MiB"\n',
@@ -688,3 +706,8 @@ def test_not_utf8(tmp_path: Path) -> None:
 
 def test_errors_belong_to_the_cowsim_tree() -> None:
     assert issubclass(ScenarioError, CowsimError)
+
+
+def test_default_name_is_the_file_stem_made_safe(tmp_path: Path) -> None:
+    scenario = load_scenario(write(tmp_path, BASE, name="my run (2).toml"))
+    assert scenario.name == "my-run-2-"

@@ -36,6 +36,17 @@ def mfn(m, domid, gfn):
     return int(m.domain_p2m(domid)[gfn])
 
 
+def share_gfn0(m, content):
+    """Write ``content`` at GFN 0 of domains 1 and 2 and share the two
+    frames; return (kept frame, freed frame)."""
+    m.write(1, [0], [content])
+    m.write(2, [0], [content])
+    a, b = mfn(m, 1, 0), mfn(m, 2, 0)
+    m.mark_page_ro(np.array([a, b]))
+    m.share_mfn(a, b, DISK)
+    return a, b
+
+
 def test_fresh_domain_is_logically_zero_and_private():
     m = two_guests()
     assert np.all(m.read(1, np.arange(8)) == ZERO_CONTENT)
@@ -133,11 +144,7 @@ def test_chained_pairs_in_one_batch():
 
 def test_write_fault_copies_and_last_mapping_goes_private():
     m = two_guests()
-    m.write(1, [0], [42])
-    m.write(2, [0], [42])
-    a, b = mfn(m, 1, 0), mfn(m, 2, 0)
-    m.mark_page_ro(np.array([a, b]))
-    m.share_mfn(a, b, DISK)
+    a, b = share_gfn0(m, 42)
     out = m.write(2, [0], [43])
     assert (out.faults_copy, out.faults_last) == (1, 0)
     assert mfn(m, 2, 0) != a
@@ -173,11 +180,7 @@ def test_unsatisfied_fault_leaves_the_page_untouched():
     m = HostMemory(16)
     m.create_domain(1, 8)
     m.create_domain(2, 8)  # every frame in use
-    m.write(1, [0], [7])
-    m.write(2, [0], [7])
-    a, b = mfn(m, 1, 0), mfn(m, 2, 0)
-    m.mark_page_ro(np.array([a, b]))
-    m.share_mfn(a, b, DISK)
+    a, b = share_gfn0(m, 7)
     m.create_domain(3, 1)  # takes the freed frame
     out = m.write(2, [0], [8])
     assert out.unsatisfied.tolist() == [0]
@@ -191,11 +194,7 @@ def test_reclaim_is_asked_for_frames_when_the_pool_is_empty():
     m.create_domain(1, 8)
     m.create_domain(2, 7)
     m.create_domain(3, 1)
-    m.write(1, [0], [7])
-    m.write(2, [0], [7])
-    a, b = mfn(m, 1, 0), mfn(m, 2, 0)
-    m.mark_page_ro(np.array([a, b]))
-    m.share_mfn(a, b, DISK)
+    a, b = share_gfn0(m, 7)
     m.create_domain(4, 1)
     asked = []
 
@@ -215,11 +214,7 @@ def test_reclaim_is_asked_for_frames_when_the_pool_is_empty():
 
 def test_destroy_domain_frees_its_frames_and_keeps_shared_ones():
     m = two_guests()
-    m.write(1, [0], [42])
-    m.write(2, [0], [42])
-    a, b = mfn(m, 1, 0), mfn(m, 2, 0)
-    m.mark_page_ro(np.array([a, b]))
-    m.share_mfn(a, b, DISK)
+    a, b = share_gfn0(m, 42)
     freed = m.destroy_domain(1)
     assert freed == 7  # the shared frame stays, held by domain 2
     assert m.read(2, [0]).tolist() == [42]
