@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -170,7 +170,7 @@ def scenario_population(
     n = guests or len(specs)
     rounds = [(specs[i % len(specs)], i // len(specs)) for i in range(n)]
     named = [
-        spec if k == 0 else _renamed(spec, f"{spec.name}.{k}")
+        spec if k == 0 else replace(spec, name=f"{spec.name}.{k}")
         for spec, k in rounds
     ]
     return _population(
@@ -205,12 +205,6 @@ def generate_population(
             )
         )
     return _population(study, specs, seed)
-
-
-def _renamed(spec: GuestSpec, name: str) -> GuestSpec:
-    from dataclasses import replace
-
-    return replace(spec, name=name)
 
 
 def uniform_hosts(
@@ -318,7 +312,7 @@ def format_table(rows: Sequence[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{_label(r):<14}{r['hosts_needed']:>6}"
+            f"{r['policy']:<14}{r['hosts_needed']:>6}"
             f"{r['guests_placed']:>5}/{r['guests']:<3}"
             f"{_gib(r['guest_bytes']):>10}"
             f"{_gib(r['machine_bytes_used']):>10}"
@@ -328,10 +322,6 @@ def format_table(rows: Sequence[dict]) -> str:
             f"{1000 * r['place_seconds']:>10.1f}"
         )
     return "\n".join(lines)
-
-
-def _label(row: dict) -> str:
-    return row["policy"]
 
 
 def format_sweep(rows: Sequence[dict]) -> str:
