@@ -8,6 +8,8 @@ is given) on a Ray cluster: the one at ``--address``, else the one named
 by ``RAY_ADDRESS``, else a local instance started for the run. It serves
 Prometheus metrics on 127.0.0.1 while it runs, shows progress on stderr,
 prints a summary table and writes a results directory.
+``cowsim openmetrics RESULTS`` writes a finished run's series as
+OpenMetrics text for backfilling into Prometheus.
 
 Bad input ends the command with one line on stderr and exit code 2;
 nothing is left in the results directory.
@@ -123,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="log more (-v: run milestones, -vv: detail)",
     )
+    run.add_argument(
+        "--prometheus-sd",
+        type=Path,
+        metavar="DIR",
+        help="while serving metrics, announce the endpoint in "
+        "DIR/NAME.json for Prometheus's file discovery",
+    )
     bench = sub.add_parser(
         "bench", help="benchmark the sharing engine (ratios, one run)"
     )
@@ -136,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--json", type=Path, help="also write the results to this file"
     )
+    _add_openmetrics_parser(sub)
     placecmd.add_parser(sub)
     return parser
 
@@ -152,6 +162,39 @@ def _frames(text: str) -> int:
     return frames
 
 
+def _add_openmetrics_parser(sub) -> None:
+    om = sub.add_parser(
+        "openmetrics",
+        help="write a results directory's series as OpenMetrics",
+        description="Write the time series of a results directory as "
+        "OpenMetrics text with timestamps, for `promtool tsdb "
+        "create-blocks-from openmetrics`.",
+    )
+    om.add_argument("results", type=Path, help="a results directory")
+    om.add_argument(
+        "--end",
+        type=_unix_seconds,
+        metavar="UNIX_SECONDS",
+        help="timestamp of the last tick (default: three hours ago)",
+    )
+    om.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="file to write (default: standard output)",
+    )
+
+
+def _unix_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 2**33:
+        raise argparse.ArgumentTypeError(f"out of range: {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cowsim`` command."""
     args = build_parser().parse_args(argv)
@@ -163,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "bench":
             return _bench(args)
+        if args.command == "openmetrics":
+            return _openmetrics(args)
         if args.command == "place":
             return placecmd.run(args)
         return _run(args)
@@ -188,6 +233,10 @@ def _run(args: argparse.Namespace) -> int:
     check_results_dir(results)
     if not 0 <= args.linger < float("inf"):
         raise CowsimError(f"--linger {args.linger}: must be a number >= 0")
+    if args.prometheus_sd:
+        from cluster.discovery import check_sd_dir
+
+        check_sd_dir(args.prometheus_sd)
     return _execute(args, scenario, results)
 
 
@@ -207,6 +256,27 @@ def _bench(args: argparse.Namespace) -> int:
             )
         except OSError as exc:
             raise CowsimError(f"--json {args.json}: {exc.strerror}") from exc
+    return 0
+
+
+def _openmetrics(args: argparse.Namespace) -> int:
+    from cluster.openmetrics import (
+        default_end_seconds,
+        read_timeseries,
+        to_openmetrics,
+    )
+
+    csv_path = args.results / "timeseries.csv"
+    if not csv_path.is_file():
+        raise CowsimError(f"{args.results}: no timeseries.csv in it")
+    end = default_end_seconds() if args.end is None else args.end
+    text = to_openmetrics(
+        read_timeseries(csv_path), end, args.results.resolve().name
+    )
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -246,7 +316,9 @@ def _execute(args, scenario, results: Path) -> int:
         raise CowsimError(str(exc)) from exc
     print(f"metrics: {server.url}", file=sys.stderr, flush=True)
     progress = None if args.quiet else _progress(scenario.ticks)
+    target = None
     try:
+        target = _announce(args, results, server)
         _init_ray(address)
         coordinator = Coordinator(scenario, state, progress, images)
         try:
@@ -276,8 +348,23 @@ def _execute(args, scenario, results: Path) -> int:
         if args.linger:
             time.sleep(args.linger)
     finally:
+        if target:
+            target.remove()
         server.close()
     return 0
+
+
+def _announce(args, results: Path, server):
+    """The run's file-discovery target, written, or None."""
+    if not args.prometheus_sd:
+        return None
+    from cluster.discovery import TargetFile
+
+    target = TargetFile(
+        args.prometheus_sd, results.name, server.addr, server.port
+    )
+    target.write()
+    return target
 
 
 def _init_ray(address: str) -> None:

@@ -449,8 +449,6 @@ class Coordinator:
             # Hosts go round-robin over the nodes: every node gets its share
             # however Ray would have packed them. Results do not depend on
             # it; the host's seed comes from the scenario and its index.
-            # Hard affinity: measured, a soft one often lands elsewhere
-            # even when the node is alive and idle.
             node = NodeAffinitySchedulingStrategy(
                 nodes[index % len(nodes)], soft=False
             )

@@ -3,8 +3,11 @@
 A results directory holds ``scenario.toml`` (the resolved scenario, every
 default explicit), ``summary.json`` (per host and for the cluster) and
 ``timeseries.csv`` (one row per host and per tick, plus a ``cluster`` row
-per tick). It is written into a temporary sibling and renamed into place
-at the end, so a failed run never leaves a half-written directory.
+per tick), the same series as OpenMetrics for backfilling
+(``timeseries.om``, see ``cluster.openmetrics``), and PNG plots with an
+HTML report (``cluster.report``). It is written into a temporary sibling
+and renamed into place at the end, so a failed run never leaves a
+half-written directory.
 
 ``summary.json`` holds only simulated quantities: the same scenario and
 seed give the same file byte for byte. Wall time goes to the terminal.
@@ -109,11 +112,27 @@ def write_results(result: RunResult, directory: Path) -> dict:
         (tmp / "scenario.toml").write_text(dump_scenario(result.scenario))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _write_csv(tmp / "timeseries.csv", result.series)
+        write_extras(tmp, result, summary, directory.name)
         os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def write_extras(
+    tmp: Path, result: RunResult, summary: dict, name: str
+) -> None:
+    """Files derived from the series: OpenMetrics, plots, HTML report."""
+    # Imported here: matplotlib is slow to import, and bad input that
+    # ends the command before any run should not wait for it.
+    from cluster.openmetrics import default_end_seconds, write_openmetrics
+    from cluster.report import write_report
+
+    write_openmetrics(
+        tmp / "timeseries.om", result.series, default_end_seconds(), name
+    )
+    write_report(tmp, summary, result.series)
 
 
 def check_results_dir(directory: Path) -> None:
