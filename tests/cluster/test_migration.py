@@ -1,13 +1,19 @@
-"""Migration policies (no Ray) and the shipped migration scenario."""
+"""Migration policies: decisions without Ray, a rebalance of a guest
+with bonus pages in a run, and the shipped migration scenario."""
 
 import json
 import os
 import subprocess
 import sys
 
+import ray
+
+import cluster.migration
+from cluster.coordinator import Coordinator
 from cluster.migration import consolidate, rebalance
-from cluster.scenario import GuestSpec, HostSpec, WorkloadSpec
-from tests.cluster.test_run import ROOT
+from cluster.results import summarize
+from cluster.scenario import GuestSpec, HostSpec, WorkloadSpec, load_scenario
+from tests.cluster.test_run import ROOT, small_scenario
 
 MiB = 1 << 20
 
@@ -81,3 +87,34 @@ def test_shipped_migration_scenario_end_to_end(tmp_path):
     assert scripted == [m for m in moves if m["tick"] == 20]
     host = next(h for h in summary["hosts"] if h["name"] == "host-2")
     assert "web-0" in host["guests"]
+
+
+def test_rebalance_moves_a_bonus_guest_off_a_short_host(tmp_path, monkeypatch):
+    path = small_scenario(tmp_path, ticks=9, batch=3)
+    text = 'migration_policy = "rebalance"\nplacement_policy = "first-fit"\n'
+    text += path.read_text().replace(
+        '[[guests]]\nname = "ga"',
+        '[[hosts]]\nname = "spare"\nmemory = "32MiB"\n\n'
+        '[[guests]]\nname = "ga"\nbonus = "proportional"\n'
+        "bonus_fraction = 1.0",
+        1,
+    )
+    path.write_text(text)
+    # First-fit fills h-0 and bonus pages eat its free frames, to about
+    # 18% free: a higher threshold makes it short.
+    monkeypatch.setattr(cluster.migration, "SHORT_FRACTION", 0.2)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        coordinator = Coordinator(load_scenario(path))
+        try:
+            summary = summarize(coordinator.run())
+        finally:
+            coordinator.shutdown()
+    finally:
+        ray.shutdown()
+    [move] = summary["migrations"]
+    assert move["reason"] == "rebalance" and move["from"] == "h-0"
+    assert move["to"] == "spare" and "refused" not in move
+    spare = next(h for h in summary["hosts"] if h["name"] == "spare")
+    assert spare["guests"] == [move["guest"]]
+    assert spare["bonus_pages"] > 0
