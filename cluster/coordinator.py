@@ -9,7 +9,11 @@ Data structures:
 - ``series``: every host's sample for every tick, plus one cluster row per
   tick summing them, kept for the results directory;
 - the catalog (``cluster.catalog``), rebuilt from the hosts' digests
-  after each batch: which images and libraries are resident where.
+  after each batch: which images and libraries are resident where;
+- ``up`` and ``latest``: per host, whether it runs and its newest
+  sample (a down host's is its last one, gauges at zero);
+- ``failures`` and ``migrations``: one record per host failure and per
+  migration, for the summary.
 
 Placement follows the scenario's ``placement_policy`` (default
 "spread": each guest, in scenario order, goes to the host with the most

@@ -6,7 +6,7 @@ needed, memory saved, saved against potential and time to place::
 
     from cluster import study
 
-    images = study.load_images(study.load_scenario("default"))
+    images = study.load_images("default")
     population = study.scenario_population(images, guests=128)
     hosts = study.uniform_hosts(16, "1GiB")
     rows = study.compare(population, hosts)
