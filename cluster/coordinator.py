@@ -2,7 +2,8 @@
 
 Data structures:
 
-- ``placement``: guest name -> host name, decided before any host starts;
+- ``placement``: guest name -> host name, decided before any host starts
+  and changed only by restarts after a failure and by migrations;
 - one ``HostActor`` per host, stepped ``batch_ticks`` ticks at a time.
   All hosts run a batch concurrently; the coordinator waits for the
   slowest, then publishes the newest samples to the metrics state;
