@@ -45,18 +45,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.catalog import Catalog
-from cluster.failures import down_row, restart_config, restart_targets
+from cluster.failures import (
+    SummaryAffinity,
+    down_row,
+    restart_config,
+    restart_targets,
+)
 from cluster.metrics import RunState
 from cluster.migration import consolidate, rebalance, reserved_bytes
-from cluster.placement import choose_host
+from cluster.placement import DEFAULT_SUMMARY_BITS, choose_host
 from cluster.scenario import PAGE_SIZE, Scenario, ScenarioError
 from dedup.content import ContentStore
 from dedup.errors import ImageError
+from dedup.summary import ContentSummary
 from node.actor import HostActor
+from node.content import boot_contents
 from node.guest import GuestConfig
 from node.image import Image, load_image
 
@@ -199,6 +207,7 @@ class Coordinator:
         self.failures: list[dict] = []
         self.migrations: list[dict] = []
         self._images_ref = None
+        self._images: dict[str, Image] = {}
         self._uids: dict[str, int] = {}
         # Failure records whose guests wait for a restart.
         self._pending: list[dict] = []
@@ -208,6 +217,7 @@ class Coordinator:
         started = time.monotonic()
         s = self.scenario
         images = self.images or load_images(s)
+        self._images = images
         result = RunResult(s, self.placement)
         result.images = {
             name: {
@@ -406,6 +416,9 @@ class Coordinator:
             if g.name not in lost_names and self.placement[g.name]:
                 host = self.placement[g.name]
                 reserved[host] = reserved.get(host, 0) + g.memory_bytes
+        affinity = None
+        if s.placement_policy == "sharing-aware":
+            affinity = self._summaries(pending)
         targets = restart_targets(
             lost,
             s.hosts,
@@ -414,6 +427,7 @@ class Coordinator:
             s.placement_policy,
             {g.name: g.image for g in s.guests},
             self.placement,
+            affinity,
         )
         by_host: dict[int, list[GuestConfig]] = {}
         for config in lost:
@@ -437,6 +451,33 @@ class Coordinator:
                     f["not_restarted"].append(guest)
                 else:
                     f["restarted"][guest] = target
+
+    def _summaries(self, pending: list[dict]) -> SummaryAffinity:
+        """Every live host's content summary, for sharing-aware restarts;
+        the bytes received are added to the failure records."""
+        s = self.scenario
+        live = [i for i, up in enumerate(self.up) if up]
+        blobs = ray.get(
+            [self.actors[i].summary.remote(SUMMARY_BITS) for i in live]
+        )
+        for f in pending:
+            f["summary_bytes"] = sum(len(b) for b in blobs)
+        summaries = {
+            s.hosts[i].name: ContentSummary.from_msgpack(blob)
+            for i, blob in zip(live, blobs, strict=True)
+        }
+
+        def contents_of(config: GuestConfig) -> np.ndarray:
+            return boot_contents(
+                self._images[config.image],
+                config.boot_read_fraction,
+                config.map_libraries,
+                config.pages,
+                s.seed,
+                config.index,
+            )
+
+        return SummaryAffinity(summaries, contents_of)
 
     def _host_index(self, name: str) -> int:
         for i, host in enumerate(self.scenario.hosts):
@@ -490,6 +531,8 @@ class Coordinator:
 
 
 _KILL_TIMEOUT_SECONDS = 30.0
+SUMMARY_BITS = DEFAULT_SUMMARY_BITS
+"""Bloom filter size of the summaries hosts send for restarts."""
 
 
 def _up(row: dict) -> dict:

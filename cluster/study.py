@@ -56,6 +56,7 @@ from cluster.scenario import (
 )
 from dedup.arrays import unique
 from dedup.content import ContentStore
+from node.content import boot_blocks
 from node.image import Image, load_image
 
 __all__ = [
@@ -118,18 +119,17 @@ def guest_demand(
 ) -> GuestDemand:
     """What ``spec``, booted as guest ``index``, holds from its image."""
     image = study.images[spec.image]
-    n_blocks = image.n_blocks
-    # The same draw as Guest.boot, so a run with this seed and guest
-    # index boots with exactly these blocks.
-    rng = np.random.default_rng([seed, index])
-    n_boot = round(spec.boot_read_fraction * n_blocks)
-    blocks = np.sort(rng.choice(n_blocks, n_boot, replace=False))
     libraries = image.libraries() if spec.map_libraries else ()
-    spans = [
-        np.arange(lib.first_block, lib.first_block + lib.n_blocks)
-        for lib in libraries
-    ]
-    blocks = unique(np.concatenate([blocks, *spans]))[: spec.memory_pages]
+    # The same draw as Guest.boot: a run with this seed and guest index
+    # boots with exactly these blocks.
+    blocks = boot_blocks(
+        image,
+        spec.boot_read_fraction,
+        spec.map_libraries,
+        spec.memory_pages,
+        seed,
+        index,
+    )
     contents = unique(image.block_cids[blocks])
     return GuestDemand(
         name=spec.name,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import msgpack
 import ray
 
+from node.content import host_summary
 from node.guest import GuestConfig
 from node.host import Host
 from node.image import Image
@@ -63,6 +64,11 @@ class HostActor:
     def immigrate(self, moving: GuestImage) -> dict:
         """Start a guest handed over by another host."""
         return immigrate(self.host, moving)
+
+    def summary(self, n_bits: int) -> bytes:
+        """A Bloom filter of the contents this host's frames hold,
+        msgpack-encoded (see ``node.content``)."""
+        return host_summary(self.host.memory, n_bits)
 
     def node_id(self) -> str:
         """The Ray node this host runs on."""

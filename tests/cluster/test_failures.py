@@ -12,13 +12,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import ray
 
 from cluster.coordinator import Coordinator
-from cluster.failures import down_row, restart_targets
+from cluster.failures import SummaryAffinity, down_row, restart_targets
 from cluster.results import summarize
 from cluster.scenario import PAGE_SIZE, HostSpec, ScenarioError, load_scenario
+from dedup.summary import ContentSummary
 from node.guest import GuestConfig
 from tests.cluster.test_run import ROOT, scrape, small_scenario
 
@@ -203,3 +205,43 @@ def test_sharing_aware_restarts_next_to_guests_of_the_same_image():
         lost, hosts, up, reserved, "sharing-aware", images, placement
     )
     assert spread == {"x": "b"} and aware == {"x": "c"}
+
+
+def test_summary_affinity_prefers_the_host_holding_the_content():
+
+    hosts = tuple(HostSpec(n, 256 * MiB) for n in ("a", "b", "c"))
+    held = {"b": np.arange(1000), "c": np.arange(5000, 6000)}
+    summaries = {}
+    for name in ("b", "c"):
+        summaries[name] = ContentSummary(1 << 14)
+        summaries[name].add(held[name])
+    lost = [
+        GuestConfig(f"x{i}", i, "img", 16 * MiB // PAGE_SIZE) for i in range(2)
+    ]
+    affinity = SummaryAffinity(summaries, lambda c: np.arange(5100, 5400))
+    reserved = {"b": 0, "c": 128 * MiB}
+    targets = restart_targets(
+        lost,
+        hosts,
+        [False, True, True],
+        reserved,
+        "sharing-aware",
+        affinity=affinity,
+    )
+    assert targets == {"x0": "c", "x1": "c"}
+
+
+def test_sharing_aware_restart_in_a_run_reads_host_summaries(
+    tmp_path, local_ray
+):
+    extra = '\n[[failures]]\nhost = "h-1"\nat_tick = 3\n'
+    path = with_failure(small_scenario(tmp_path, ticks=6, batch=3), extra)
+    path.write_text('placement_policy = "sharing-aware"\n' + path.read_text())
+    coordinator = Coordinator(load_scenario(path))
+    try:
+        result = coordinator.run()
+    finally:
+        coordinator.shutdown()
+    [failure] = result.failures
+    assert failure["summary_bytes"] > 0
+    assert set(failure["restarted"].values()) <= {"h-0"}
