@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep serving metrics this long after the run ends",
     )
     run.add_argument(
+        "--pace",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="least wall time per simulated tick, to watch a run live "
+        "(default: 0, as fast as possible)",
+    )
+    run.add_argument(
         "-q", "--quiet", action="store_true", help="no progress display"
     )
     run.add_argument(
@@ -231,8 +239,9 @@ def _run(args: argparse.Namespace) -> int:
         f"{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
     )
     check_results_dir(results)
-    if not 0 <= args.linger < float("inf"):
-        raise CowsimError(f"--linger {args.linger}: must be a number >= 0")
+    for option, value in (("--linger", args.linger), ("--pace", args.pace)):
+        if not 0 <= value < float("inf"):
+            raise CowsimError(f"{option} {value}: must be a number >= 0")
     if args.prometheus_sd:
         from cluster.discovery import check_sd_dir
 
@@ -320,7 +329,7 @@ def _execute(args, scenario, results: Path) -> int:
     try:
         target = _announce(args, results, server)
         _init_ray(address)
-        coordinator = Coordinator(scenario, state, progress, images)
+        coordinator = Coordinator(scenario, state, progress, images, args.pace)
         try:
             result = coordinator.run()
         except ray.exceptions.RayError as exc:
@@ -342,7 +351,8 @@ def _execute(args, scenario, results: Path) -> int:
         print(format_table(summary))
         print(
             f"results: {results}  ({scenario.ticks} ticks; "
-            f"{result.wall_seconds:.1f} s simulating, "
+            f"{result.boot_seconds:.1f} s booting, "
+            f"{result.wall_seconds - result.boot_seconds:.1f} s ticking, "
             f"{time.monotonic() - started:.1f} s in all)"
         )
         if args.linger:

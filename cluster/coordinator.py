@@ -90,6 +90,7 @@ class RunResult:
     failures: list[dict] = field(default_factory=list)
     migrations: list[dict] = field(default_factory=list)
     wall_seconds: float = 0.0
+    boot_seconds: float = 0.0
 
 
 def place(scenario: Scenario) -> dict[str, str]:
@@ -195,8 +196,13 @@ class Coordinator:
         state: RunState | None = None,
         progress: Progress | None = None,
         images: dict[str, Image] | None = None,
+        pace_seconds: float = 0.0,
     ) -> None:
         self.scenario = scenario
+        # Least wall time per simulated tick: 0 runs as fast as it can; a
+        # watcher (Prometheus scraping every few seconds) wants a slower,
+        # steadier run. It changes no result.
+        self.pace_seconds = pace_seconds
         self.images = images
         self.state = state or RunState()
         self.progress = progress
@@ -228,6 +234,8 @@ class Coordinator:
             for name, img in images.items()
         }
         result.series.extend(self._start_hosts(images))
+        ticking = time.monotonic()
+        result.boot_seconds = ticking - started
 
         done = 0
         while done < s.ticks:
@@ -242,6 +250,9 @@ class Coordinator:
             self.state.update(self.latest)
             if self.progress:
                 self.progress(done, self.latest)
+            behind = ticking + done * self.pace_seconds - time.monotonic()
+            if behind > 0:
+                time.sleep(behind)
 
         result.final = self.state.samples()
         live = [a for a, up in zip(self.actors, self.up, strict=True) if up]

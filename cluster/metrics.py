@@ -67,9 +67,7 @@ METRICS: tuple[MetricDef, ...] = (
         "total counts hosts up.",
         lambda s: [((), float(s.get("host_up", 1)))],
     ),
-    MetricDef(
-        "guests", "gauge", (), "Guests running on the host.", _one("guests")
-    ),
+    MetricDef("guests", "gauge", (), "Guests running.", _one("guests")),
     MetricDef(
         "guests_paused",
         "gauge",
@@ -88,7 +86,7 @@ METRICS: tuple[MetricDef, ...] = (
         "machine_memory_bytes",
         "gauge",
         (),
-        "Machine memory of the host.",
+        "Machine memory of the hosts.",
         _one("machine_bytes"),
     ),
     MetricDef(
@@ -261,7 +259,7 @@ class RunCollector:
         host = family(f"cowsim_{m.name}", m.help, labels=("host", *m.labels))
         total = family(
             f"cowsim_cluster_{m.name}",
-            f"Cluster total. {m.help}",
+            f"Sum over all hosts. {m.help}",
             labels=m.labels,
         )
         sums: dict[tuple[str, ...], float] = {}

@@ -102,12 +102,34 @@ def _counts(ax) -> None:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _host_style(i: int, n_points: int) -> dict:
+    """Colour and marker of the i-th host: hosts with equal series still
+    show apart, by their markers."""
+    return {
+        "color": f"C{i % 10}",
+        "marker": _MARKERS[i % len(_MARKERS)],
+        "markevery": (i % 5, max(1, n_points // 8)),
+        "markersize": 5,
+        "markerfacecolor": "none",
+    }
+
+
+_MARKERS = "osv^Dx+<>p"
+
+
 def _saved_per_host(s: Series):
     fig, (ax,) = _figure()
+    n = len(s.time)
     for i, host in enumerate(s.hosts):
-        color = f"C{i % 10}"
-        ax.plot(s.time, s.col(host, "saved_bytes") / MIB, color, label=host)
-        ax.plot(s.time, s.col(host, "potential_bytes") / MIB, color, ls="--")
+        style = _host_style(i, n)
+        ax.plot(s.time, s.col(host, "saved_bytes") / MIB, label=host, **style)
+        ax.plot(
+            s.time,
+            s.col(host, "potential_bytes") / MIB,
+            color=style["color"],
+            ls="--",
+            lw=0.8,
+        )
     ax.set_ylabel("MiB saved (dashed: potential)")
     ax.legend(loc="lower right", fontsize="small", ncol=4)
     return fig
@@ -131,14 +153,18 @@ def _saved_by_source(s: Series):
 
 def _found(s: Series):
     fig, (ax,) = _figure()
-    for i, host in enumerate([*s.hosts, "cluster"]):
+    # The cluster goes first, wide and grey, so the hosts show over it.
+    for i, host in enumerate(["cluster", *s.hosts]):
         saved = s.col(host, "saved_bytes")
         potential = s.col(host, "potential_bytes")
         found = np.divide(
             saved, potential, out=np.ones_like(saved), where=potential > 0
         )
-        style = "k-" if host == "cluster" else f"C{i % 10}-"
-        ax.plot(s.time, 100 * found, style, label=host, lw=1.2)
+        if host == "cluster":
+            style = {"color": "0.6", "lw": 4, "alpha": 0.6}
+        else:
+            style = {"lw": 1.2, **_host_style(i - 1, len(s.time))}
+        ax.plot(s.time, 100 * found, label=host, **style)
     ax.set_ylabel("found (% of potential)")
     ax.legend(loc="lower right", fontsize="small", ncol=4)
     return fig
@@ -224,13 +250,13 @@ def render_html(summary: dict, images: Mapping[str, bytes]) -> str:
         + f". Unsatisfied faults: {c['cow_faults_by_kind']['unsatisfied']:,}"
         f"; events recorded: {len(summary['events'])}.</p>",
         *_failures_and_migrations(summary),
+        _events(summary["events"]),
     ]
     for name, caption in PLOTS:
         data = base64.b64encode(images[name]).decode("ascii")
         parts.append(
             f'<figure id="{name}"><img alt="{e(caption)}" '
-            f'src="data:image/png;base64,{data}">'
-            f"<figcaption>{e(caption)}</figcaption></figure>"
+            f'src="data:image/png;base64,{data}"></figure>'
         )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
@@ -259,6 +285,22 @@ def _failures_and_migrations(summary: dict) -> list[str]:
             f"destination).</p>"
         )
     return out
+
+
+def _events(events: list[dict]) -> str:
+    """Guests paused by unsatisfied faults, one row each."""
+    if not events:
+        return ""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{event['tick']}</td><td>{e(event['host'])}</td>"
+        f"<td>{e(event['guest'])}</td><td>{event['pages']:,}</td></tr>"
+        for event in events
+    )
+    return (
+        "<h2>Guests paused</h2><table><tr><th>tick</th><th>host</th>"
+        f"<th>guest</th><th>writes with no frame</th></tr>{rows}</table>"
+    )
 
 
 def _table(summary: dict) -> str:
