@@ -50,6 +50,18 @@ class Catalog:
                     entry["hosts"][host] = pages
         return catalog
 
+    def add(self, host: str, image: str, pages: int) -> None:
+        """Count ``pages`` more of ``image`` as resident on ``host``."""
+        hosts = self.images.setdefault(image, {})
+        hosts[host] = hosts.get(host, 0) + pages
+
+    def add_library(
+        self, host: str, digest: int, path: str, pages: int
+    ) -> None:
+        """Count ``pages`` more of a library as mapped on ``host``."""
+        entry = self.libraries.setdefault(digest, {"path": path, "hosts": {}})
+        entry["hosts"][host] = entry["hosts"].get(host, 0) + pages
+
     def hosts_with(self, image: str) -> dict[str, int]:
         """Hosts holding pages of ``image``, with how many."""
         return dict(self.images.get(image, {}))

@@ -1,5 +1,8 @@
 """The ``cowsim`` command.
 
+``cowsim place [SCENARIO]`` compares placement policies on the
+scenario's images (see ``cluster.placecmd``).
+
 ``cowsim run [SCENARIO]`` runs a scenario (the built-in default when none
 is given) on a Ray cluster: the one at ``--address``, else the one named
 by ``RAY_ADDRESS``, else a local instance started for the run. It serves
@@ -22,6 +25,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from cluster import placecmd
 from dedup.errors import CowsimError
 
 log = logging.getLogger("cowsim")
@@ -79,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "scenario",
         nargs="?",
         help="scenario TOML file, or the name of a shipped scenario "
-        "(default, worstcase, worstcase-broken, transient); default: default",
+        "(default, worstcase, worstcase-broken, transient, failure, "
+        "migration, fork); default: default",
     )
     run.add_argument(
         "--address",
@@ -150,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_openmetrics_parser(sub)
     _add_compare(sub)
+    placecmd.add_parser(sub)
     return parser
 
 
@@ -236,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args)
         if args.command == "openmetrics":
             return _openmetrics(args)
+        if args.command == "place":
+            return placecmd.run(args)
         return _run(args)
     except CowsimError as exc:
         print(f"cowsim: error: {exc}", file=sys.stderr)

@@ -59,6 +59,14 @@ def _hints(s: Sample) -> list[tuple[tuple[str, ...], float]]:
 
 
 METRICS: tuple[MetricDef, ...] = (
+    MetricDef(
+        "host_up",
+        "gauge",
+        (),
+        "1 while the host runs, 0 once it has failed; the cluster "
+        "total counts hosts up.",
+        lambda s: [((), float(s.get("host_up", 1)))],
+    ),
     MetricDef("guests", "gauge", (), "Guests running.", _one("guests")),
     MetricDef(
         "guests_paused",
@@ -107,8 +115,9 @@ METRICS: tuple[MetricDef, ...] = (
         "saved_bytes",
         "gauge",
         ("source",),
-        "Memory saved by sharing, by the hint source that found it.",
-        _by(SOURCES, lambda v: f"saved_{v}_bytes"),
+        "Memory saved by sharing, by the hint source that found it "
+        "(fork: shared by forking a stub).",
+        _by((*SOURCES, "fork"), lambda v: f"saved_{v}_bytes"),
     ),
     MetricDef(
         "potential_saved_bytes",

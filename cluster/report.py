@@ -57,6 +57,10 @@ class Series:
         """One quantity of one host (or ``cluster``), tick by tick."""
         return np.array([float(r[key]) for r in self._rows[host]])
 
+    def has(self, key: str) -> bool:
+        """Whether the rows carry ``key`` with a non-zero value."""
+        return any(float(r.get(key) or 0) for r in self._rows["cluster"])
+
     def per_tick(self, host: str, key: str) -> np.ndarray:
         """Increase of a running total over each tick (0 at the start)."""
         return np.diff(self.col(host, key), prepend=self.col(host, key)[0])
@@ -133,8 +137,9 @@ def _saved_per_host(s: Series):
 
 def _saved_by_source(s: Series):
     fig, (ax,) = _figure()
-    stacks = [s.col("cluster", f"saved_{src}_bytes") / MIB for src in SOURCES]
-    ax.stackplot(s.time, stacks, labels=SOURCES, alpha=0.8)
+    sources = [*SOURCES, *(["fork"] if s.has("saved_fork_bytes") else [])]
+    stacks = [s.col("cluster", f"saved_{src}_bytes") / MIB for src in sources]
+    ax.stackplot(s.time, stacks, labels=sources, alpha=0.8)
     ax.plot(
         s.time,
         s.col("cluster", "potential_bytes") / MIB,
@@ -244,6 +249,7 @@ def render_html(summary: dict, images: Mapping[str, bytes]) -> str:
         )
         + f". Unsatisfied faults: {c['cow_faults_by_kind']['unsatisfied']:,}"
         f"; events recorded: {len(summary['events'])}.</p>",
+        *_failures_and_migrations(summary),
         _events(summary["events"]),
     ]
     for name, caption in PLOTS:
@@ -254,6 +260,31 @@ def render_html(summary: dict, images: Mapping[str, bytes]) -> str:
         )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _failures_and_migrations(summary: dict) -> list[str]:
+    """One paragraph per host failure, one for all migrations."""
+    e = html.escape
+    out = []
+    for f in summary.get("failures", []):
+        lost = ", ".join(f["not_restarted"]) or "none"
+        out.append(
+            f"<p>Host {e(f['host'])} failed at tick {f['tick']} "
+            f"({e(f['how'])}) with {len(f['guests'])} guests and "
+            f"{f['guest_bytes_lost'] / MIB:,.1f} MiB of guest memory; "
+            f"{len(f['restarted'])} restarted elsewhere, not restarted: "
+            f"{e(lost)}.</p>"
+        )
+    moves = [m for m in summary.get("migrations", []) if "refused" not in m]
+    if moves:
+        sent = sum(m["pages_sent"] for m in moves)
+        skipping = sum(m["pages_sent_skipping_known"] for m in moves)
+        out.append(
+            f"<p>Migrations: {len(moves)} guests moved, {sent:,} pages "
+            f"sent ({skipping:,} when skipping content already at the "
+            f"destination).</p>"
+        )
+    return out
 
 
 def _events(events: list[dict]) -> str:

@@ -63,7 +63,7 @@ def _entry(sample: dict) -> dict:
         round(sample["saved_bytes"] / potential, 6) if potential else 1.0
     )
     out["saved_by_source_bytes"] = {
-        s: sample[f"saved_{s}_bytes"] for s in SOURCES
+        s: sample[f"saved_{s}_bytes"] for s in (*SOURCES, "fork")
     }
     out["cow_faults_by_kind"] = {k: sample[f"faults_{k}"] for k in FAULT_KINDS}
     out["hints"] = {
@@ -84,6 +84,7 @@ def summarize(result: RunResult) -> dict:
             g.name for g in s.guests if result.placement[g.name] == host.name
         ]
         entry.update(_entry(by_host[host.name]))
+        entry["up"] = bool(by_host[host.name].get("host_up", 1))
         hosts.append(entry)
     for entry in hosts:
         rows = [r for r in result.series if r["host"] == entry["name"]]
@@ -104,6 +105,8 @@ def summarize(result: RunResult) -> dict:
         "images": result.images,
         "catalog": result.catalog.to_dict(),
         "events": result.events,
+        "failures": result.failures,
+        "migrations": result.migrations,
     }
 
 
@@ -196,7 +199,9 @@ def format_table(summary: dict) -> str:
             f"{100 * e['found_fraction']:>5.1f}% {e['cow_faults']:>9,}"
         )
     by_source = ", ".join(
-        f"{s} {_mib(v)} MiB" for s, v in c["saved_by_source_bytes"].items()
+        f"{s} {_mib(v)} MiB"
+        for s, v in c["saved_by_source_bytes"].items()
+        if v or s != "fork"
     )
     lines.append(f"saved by source: {by_source}")
     if c["bonus_pages"] or c["repaid_pages"]:

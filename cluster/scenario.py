@@ -146,11 +146,39 @@ class GuestSpec:
     guest shares."""
     bonus_fraction: float = 0.5
     """With "proportional": bonus pages per guest page it shares."""
+    stub: bool = False
+    """A stub domain: booted, then paused and write-protected, to be
+    cloned by guests that name it in ``clone_of``."""
+    clone_of: str = ""
+    """The stub this guest is forked from ("" for none): it starts with
+    all its memory shared with the stub, on the stub's host."""
+    warmup_ticks: int = 0
+    """Ticks of its workload the guest runs at boot, before the run's
+    first tick: a guest that has been running a while. A stub warms up
+    before it is paused, so that its clones inherit a warm page cache
+    and heap."""
 
     @property
     def memory_pages(self) -> int:
         """Guest memory in pages (GFNs)."""
         return self.memory_bytes // PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class FailureSpec:
+    """A host that fails: its actor is killed after ``at_tick`` ticks."""
+
+    host: str
+    at_tick: int
+
+
+@dataclass(frozen=True)
+class MigrationSpec:
+    """A guest moved to host ``to`` after ``at_tick`` ticks."""
+
+    guest: str
+    to: str
+    at_tick: int
 
 
 @dataclass(frozen=True)
@@ -173,6 +201,17 @@ class Scenario:
     repayment_invariant: bool = True
     """Guests keep a repayment FIFO at least as long as their bonus pages.
     False breaks the promise on purpose, to show what it prevents."""
+    failures: tuple[FailureSpec, ...] = ()
+    """Hosts that fail during the run, in tick order."""
+    migrations: tuple[MigrationSpec, ...] = ()
+    """Scripted migrations, in tick order."""
+    placement_policy: str = "spread"
+    """How the coordinator places guests and restarts them after a
+    failure: "spread", "first-fit" or "sharing-aware"."""
+    migration_policy: str = "none"
+    """Migrations the coordinator decides: "none", "consolidate" (empty
+    the least loaded host into the others) or "rebalance" (move a guest
+    off a host short of free memory)."""
 
     def with_seed(self, seed: int) -> Scenario:
         """Return a copy of this scenario that runs with another seed."""
@@ -235,6 +274,14 @@ def dump_scenario(scenario: Scenario) -> str:
     blocks += [_dump_host(host) for host in scenario.hosts]
     blocks += [_dump_image(image) for image in scenario.images]
     blocks += [_dump_guest(guest) for guest in scenario.guests]
+    blocks += [
+        _dump_table("[[failures]]", dataclasses.asdict(failure))
+        for failure in scenario.failures
+    ]
+    blocks += [
+        _dump_table("[[migrations]]", dataclasses.asdict(migration))
+        for migration in scenario.migrations
+    ]
     return "\n".join(blocks)
 
 
@@ -357,14 +404,17 @@ def _read_toml(context: _Context) -> dict[str, Any]:
 
 _TOP_KEYS = tuple(
     "name seed ticks tick_seconds batch_ticks hosts images guests "
-    "repayment_invariant".split()
+    "repayment_invariant failures migrations migration_policy "
+    "placement_policy".split()
 )
 _TOP_REQUIRED = _TOP_KEYS[1:8]
+_MIGRATION_POLICIES = ("none", "consolidate", "rebalance")
+_PLACEMENT_POLICIES = ("spread", "first-fit", "sharing-aware")
 _HOST_KEYS = ("name", "count", "memory", "detect")
 _IMAGE_KEYS = ("paths", "exclude", "max_size")
 _GUEST_KEYS = tuple(
     "name count image memory kind boot_read_fraction map_libraries "
-    "workload bonus bonus_fraction".split()
+    "workload bonus bonus_fraction stub clone_of warmup_ticks".split()
 )
 _GUEST_REQUIRED = ("name", "image", "memory")
 _WORKLOAD_KEYS = tuple(f.name for f in dataclasses.fields(WorkloadSpec))
@@ -379,12 +429,81 @@ def _build(context: _Context, raw: dict[str, Any], source: str) -> Scenario:
         _parse_guest,
         images={image.name for image in images},
         room=max(host.memory_bytes for host in hosts),
+        stubs={},
     )
     guests = _expand_section(context, top["guests"], "guests", parse_guest)
     _check_total_memory(context, hosts, guests)
     _check_bursts(context, top["guests"], settings["ticks"])
     sections = {"hosts": hosts, "images": images, "guests": guests}
+    sections.update(_parse_events(context, top, settings, hosts, guests))
     return Scenario(source=source, **settings, **sections)
+
+
+def _parse_events(
+    context: _Context,
+    top: dict[str, Any],
+    settings: dict[str, Any],
+    hosts: Sequence[HostSpec],
+    guests: Sequence[GuestSpec],
+) -> dict[str, Any]:
+    """Failures and migrations: names that exist, ticks within the run."""
+    host_names = {h.name for h in hosts}
+    guest_names = {g.name for g in guests}
+    ticks = settings["ticks"]
+
+    def tick(table: dict[str, Any], key: str) -> int:
+        at = context.as_int(table["at_tick"], f"{key}.at_tick", 1)
+        if at >= ticks:
+            context.fail(f"{key}.at_tick", f"must be < ticks ({ticks})")
+        return at
+
+    failures = []
+    for index, entry in enumerate(_event_list(context, top, "failures")):
+        key = f"failures[{index}]"
+        table = context.as_table(entry, key, ("host", "at_tick"), _AT_HOST)
+        host = _choice(context, table["host"], f"{key}.host", host_names)
+        failures.append(FailureSpec(host, tick(table, key)))
+    if len({f.host for f in failures}) < len(failures):
+        context.fail("failures", "a host can fail only once")
+    migrations = []
+    for index, entry in enumerate(_event_list(context, top, "migrations")):
+        key = f"migrations[{index}]"
+        keys = ("guest", "to", "at_tick")
+        table = context.as_table(entry, key, keys, keys)
+        guest = _choice(context, table["guest"], f"{key}.guest", guest_names)
+        to = _choice(context, table["to"], f"{key}.to", host_names)
+        migrations.append(MigrationSpec(guest, to, tick(table, key)))
+    policy = _choice(
+        context,
+        top.get("migration_policy", "none"),
+        "migration_policy",
+        _MIGRATION_POLICIES,
+    )
+    placement = _choice(
+        context,
+        top.get("placement_policy", "spread"),
+        "placement_policy",
+        _PLACEMENT_POLICIES,
+    )
+    return {
+        "placement_policy": placement,
+        "failures": tuple(sorted(failures, key=lambda f: f.at_tick)),
+        "migrations": tuple(sorted(migrations, key=lambda m: m.at_tick)),
+        "migration_policy": policy,
+    }
+
+
+_AT_HOST = ("host", "at_tick")
+
+
+def _event_list(
+    context: _Context, top: dict[str, Any], section: str
+) -> list[Any]:
+    value = top.get(section, [])
+    if not isinstance(value, list):
+        got = _describe(value)
+        context.fail(section, f"expected an array of tables, got {got}")
+    return value
 
 
 def _parse_settings(context: _Context, top: dict[str, Any]) -> dict[str, Any]:
@@ -535,9 +654,16 @@ def _package_path(context: _Context, package: str, key: str) -> str:
 
 
 def _parse_guest(
-    context: _Context, entry: Any, key: str, images: set[str], room: int
+    context: _Context,
+    entry: Any,
+    key: str,
+    images: set[str],
+    room: int,
+    stubs: dict[str, GuestSpec],
 ) -> tuple[int, GuestSpec]:
-    """Check one [[guests]] entry against the images and the largest host."""
+    """Check one [[guests]] entry against the images, the largest host
+    and the stubs defined before it (``stubs`` grows as entries are
+    read)."""
     table = context.as_table(entry, key, _GUEST_KEYS, _GUEST_REQUIRED)
     guest = GuestSpec(
         name=_entry_name(context, table["name"], f"{key}.name"),
@@ -557,12 +683,49 @@ def _parse_guest(
         bonus_fraction=_unit_float(
             context, table.get("bonus_fraction", 0.5), f"{key}.bonus_fraction"
         ),
+        stub=context.as_bool(table.get("stub", False), f"{key}.stub"),
+        warmup_ticks=context.as_int(
+            table.get("warmup_ticks", 0), f"{key}.warmup_ticks", 0
+        ),
     )
     if guest.memory_bytes > room:
         size, largest = format_size(guest.memory_bytes), format_size(room)
         what = f"impossible size: {size} is more than the largest host"
         context.fail(f"{key}.memory", f"{what} ({largest})")
-    return context.as_int(table.get("count", 1), f"{key}.count", 1), guest
+    count = context.as_int(table.get("count", 1), f"{key}.count", 1)
+    if "clone_of" in table:
+        guest = _clone(context, table, key, guest, stubs)
+    if guest.stub:
+        if count > 1:
+            context.fail(f"{key}.count", "a stub guest has count = 1")
+        stubs[guest.name] = guest
+    return count, guest
+
+
+def _clone(
+    context: _Context,
+    table: dict[str, Any],
+    key: str,
+    guest: GuestSpec,
+    stubs: dict[str, GuestSpec],
+) -> GuestSpec:
+    """A clone: names an earlier stub, has its image, memory and kind."""
+    name = context.as_str(table["clone_of"], f"{key}.clone_of")
+    if name not in stubs:
+        what = f"{name!r} is not a stub guest defined earlier"
+        context.fail(f"{key}.clone_of", what)
+    if guest.stub:
+        context.fail(f"{key}.stub", "a clone cannot be a stub")
+    stub = stubs[name]
+    for field, label in (
+        ("image", "image"),
+        ("memory_bytes", "memory"),
+        ("kind", "kind"),
+    ):
+        if getattr(guest, field) != getattr(stub, field):
+            what = f"a clone has the {label} of its stub {name!r}"
+            context.fail(f"{key}.{label}", what)
+    return dataclasses.replace(guest, clone_of=name)
 
 
 def _choice(
@@ -619,6 +782,8 @@ def _check_bursts(context: _Context, raw: list, ticks: int) -> None:
 def _dump_run(scenario: Scenario) -> str:
     settings = {key: getattr(scenario, key) for key in _TOP_KEYS[:5]}
     settings["repayment_invariant"] = scenario.repayment_invariant
+    settings["migration_policy"] = scenario.migration_policy
+    settings["placement_policy"] = scenario.placement_policy
     return _dump_table(
         "# A cowsim scenario, resolved: one entry per host and guest,\n"
         "# image paths expanded and every default written out.",
@@ -643,6 +808,8 @@ def _dump_image(image: ImageSpec) -> str:
 
 def _dump_guest(guest: GuestSpec) -> str:
     fields = {"name": guest.name, "count": 1} | dataclasses.asdict(guest)
+    if not guest.clone_of:
+        del fields["clone_of"]
     fields["memory_bytes"] = format_size(guest.memory_bytes)
     fields = {key.removesuffix("_bytes"): v for key, v in fields.items()}
     workload = _dump_table("[guests.workload]", fields.pop("workload"))

@@ -11,9 +11,11 @@ import msgpack
 import ray
 
 from dedup.strategy import Strategy
+from node.content import host_summary
 from node.guest import GuestConfig
 from node.host import Host
 from node.image import Image
+from node.migration import GuestImage, emigrate, immigrate
 
 
 @ray.remote
@@ -60,6 +62,21 @@ class HostActor:
     def events(self) -> list[dict]:
         """Unsatisfied faults and other recorded events."""
         return self.host.events
+
+    @ray.method(num_returns=2)
+    def emigrate(self, name: str) -> tuple[GuestImage, dict]:
+        """Stop guest ``name`` and hand it over; also return what the
+        source lost. The guest travels as a Ray object."""
+        return emigrate(self.host, name)
+
+    def immigrate(self, moving: GuestImage) -> dict:
+        """Start a guest handed over by another host."""
+        return immigrate(self.host, moving)
+
+    def summary(self, n_bits: int) -> bytes:
+        """A Bloom filter of the contents this host's frames hold,
+        msgpack-encoded (see ``node.content``)."""
+        return host_summary(self.host.memory, n_bits)
 
     def node_id(self) -> str:
         """The Ray node this host runs on."""

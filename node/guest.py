@@ -90,6 +90,9 @@ class GuestConfig:
     transient_ticks: int = 10
     bonus: str = "none"
     bonus_fraction: float = 0.5
+    stub: bool = False
+    clone_of: str = ""
+    warmup_ticks: int = 0
 
     @property
     def bonus_capacity(self) -> int:

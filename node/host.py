@@ -37,6 +37,7 @@ from dedup.repayment import Repayment
 from dedup.strategy import Detectors, Strategy, cpu_seconds, hint_work
 from node.daemon import CowDaemon
 from node.dom0 import DOM0, ServiceDomain
+from node.fork import FORK, fork, make_stub
 from node.guest import Guest, GuestConfig
 from node.image import Image
 
@@ -68,7 +69,10 @@ class Host:
         self.repayment_invariant = repayment_invariant
         self.dom0: ServiceDomain | None = None
         self.guests: list[Guest] = []
+        self.images: dict[str, Image] = {}
+        self.image_uids: dict[str, int] = {}
         self.tick = 0
+        self._last_domid = DOM0
         self.events: list[dict] = []
         self._next_content = SYNTHETIC_BASE + (index << 40)
         self.strategy = strategy or Strategy()
@@ -87,6 +91,8 @@ class Host:
         image_uids: dict[str, int],
     ) -> dict:
         """Build each guest's domain, boot it, share what it hinted."""
+        self.images.update(images)
+        self.image_uids.update(image_uids)
         hvm_bonus = sum(
             c.pages for c in configs if c.kind == "hvm" and c.bonus != "none"
         )
@@ -94,7 +100,11 @@ class Host:
             self.dom0 = ServiceDomain(hvm_bonus)
             self.memory.create_domain(DOM0, hvm_bonus, populated=0)
         for config in configs:
-            domid = len(self.guests) + 1  # dom0 is domain 0
+            domid = self.new_domid()
+            if config.clone_of:
+                stub = self.guest(config.clone_of)
+                self.guests.append(fork(self, stub, config, domid))
+                continue
             self.memory.create_domain(
                 domid, config.pages + config.bonus_capacity, config.pages
             )
@@ -107,6 +117,11 @@ class Host:
             )
             self.guests.append(guest)
             guest.boot(self._write, self._fresh)
+            for _ in range(config.warmup_ticks):
+                guest.tick(self._write, self._fresh)
+                self._share()
+            if config.stub:
+                make_stub(self, guest)
         self._share()
         self._adjust_bonus()
         self.memory.check()
@@ -139,7 +154,9 @@ class Host:
             "tick": self.tick,
             "sim_time_seconds": self.tick * self.tick_seconds,
             "guests": len(self.guests),
-            "guests_paused": sum(g.paused for g in self.guests),
+            "guests_paused": sum(
+                g.paused and not g.config.stub for g in self.guests
+            ),
             "guest_bytes": guest_pages * PAGE_SIZE,
             "machine_bytes": m.frames.n_frames * PAGE_SIZE,
             "machine_bytes_used": m.frames_in_use() * PAGE_SIZE,
@@ -153,9 +170,10 @@ class Host:
             + c.faults_copy
             + c.faults_unsatisfied,
         }
-        saved = m.saved_by_source(len(SOURCES))
-        for source, pages in zip(SOURCES, saved.tolist(), strict=True):
+        saved = m.saved_by_source(len(SOURCES) + 1)
+        for source, pages in zip(SOURCES, saved.tolist()[:-1], strict=True):
             row[f"saved_{source}_bytes"] = pages * PAGE_SIZE
+        row["saved_fork_bytes"] = int(saved[FORK]) * PAGE_SIZE
         for kind in FAULT_KINDS:
             row[f"faults_{kind}"] = getattr(c, f"faults_{kind}")
         row["bytes_copied"] = c.bytes_copied
@@ -232,8 +250,25 @@ class Host:
     def _bonus_holders(self) -> list:
         return [*self.guests, *([self.dom0] if self.dom0 else [])]
 
+    def new_domid(self) -> int:
+        """A domain id never used on this host (dom0 is domain 0)."""
+        self._last_domid += 1
+        return self._last_domid
+
+    def guest(self, name: str) -> Guest:
+        """The guest called ``name``; KeyError if it is not here."""
+        for guest in self.guests:
+            if guest.config.name == name:
+                return guest
+        raise KeyError(name)
+
     def _holder(self, domid: int):
-        return self.dom0 if domid == DOM0 else self.guests[domid - 1]
+        if domid == DOM0:
+            return self.dom0
+        for guest in self.guests:
+            if guest.domid == domid:
+                return guest
+        raise KeyError(domid)
 
     def _adjust_bonus(self) -> None:
         """Lend or take back bonus pages to match each policy's target.
