@@ -25,13 +25,15 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from cluster import placecmd
+from cluster import argtypes, placecmd
 from dedup.errors import CowsimError
 
 log = logging.getLogger("cowsim")
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
+# Benchmark hosts: from 4 MiB to 1 TiB of simulated memory.
+_FRAMES = argtypes.int_range(1024, 1 << 28)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,28 +41,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_BAD_INPUT, f"cowsim: error: {message}\n")
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a port number: {text!r}"
-        ) from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range: {port}")
-    return port
-
-
-def _seed(text: str) -> int:
-    try:
-        seed = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if seed < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {seed}")
-    return seed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--address",
         help="Ray cluster address (default: RAY_ADDRESS, else start one)",
     )
-    run.add_argument("--seed", type=_seed, help="override the scenario seed")
+    run.add_argument(
+        "--seed", type=argtypes.nonnegative, help="override the scenario seed"
+    )
     run.add_argument(
         "--results",
         type=Path,
@@ -98,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--metrics-port",
-        type=_port,
+        type=argtypes.port,
         default=9691,
         help="port for Prometheus metrics; 0 picks a free one (default: 9691)",
     )
@@ -145,11 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--frames",
-        type=_frames,
+        type=_FRAMES,
         default=1 << 22,
         help="frames of the benchmark host (default: 4194304, 16 GiB)",
     )
-    bench.add_argument("--seed", type=_seed, default=0, help="seed")
+    bench.add_argument(
+        "--seed", type=argtypes.nonnegative, default=0, help="seed"
+    )
     bench.add_argument(
         "--json", type=Path, help="also write the results to this file"
     )
@@ -157,18 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     placecmd.add_parser(sub)
     return parser
-
-
-def _frames(text: str) -> int:
-    try:
-        frames = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 1024 <= frames <= 1 << 28:
-        raise argparse.ArgumentTypeError(
-            f"must be between 1024 and {1 << 28}: {frames}"
-        )
-    return frames
 
 
 def _add_openmetrics_parser(sub) -> None:
@@ -217,7 +189,9 @@ def _add_compare(sub) -> None:
         help="comma-separated: hints, ksm, sampling, blocks, hints+ksm "
         "(default: all)",
     )
-    compare.add_argument("--seed", type=_seed, help="override the seed")
+    compare.add_argument(
+        "--seed", type=argtypes.nonnegative, help="override the seed"
+    )
     compare.add_argument(
         "--out",
         type=Path,

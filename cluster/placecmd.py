@@ -18,6 +18,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from cluster import argtypes
 from dedup.errors import CowsimError
 
 
@@ -32,11 +33,13 @@ def add_parser(sub) -> None:
         help="scenario TOML file or shipped name (default: default)",
     )
     p.add_argument(
-        "--guests", type=_positive, help="guests (default: the scenario's)"
+        "--guests",
+        type=argtypes.positive,
+        help="guests (default: the scenario's)",
     )
     p.add_argument(
         "--hosts",
-        type=_positive,
+        type=argtypes.positive,
         help="uniform hosts of --host-memory (default: the scenario's)",
     )
     p.add_argument(
@@ -49,7 +52,7 @@ def add_parser(sub) -> None:
         action="store_true",
         help="random guests over the scenario's images instead",
     )
-    p.add_argument("--seed", type=_nonnegative, help="population seed")
+    p.add_argument("--seed", type=argtypes.nonnegative, help="population seed")
     p.add_argument(
         "--policy",
         action="append",
@@ -83,27 +86,10 @@ def add_parser(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print no table")
 
 
-def _positive(text: str) -> int:
-    value = _nonnegative(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {value}")
-    return value
-
-
-def _nonnegative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {value}")
-    return value
-
-
 def _summary_bits(text: str) -> int | str:
     if text == "exact":
         return text
-    value = _nonnegative(text)
+    value = argtypes.nonnegative(text)
     if 0 < value < 8:
         raise argparse.ArgumentTypeError(f"0 or at least 8 bits: {value}")
     return value
