@@ -275,7 +275,9 @@ def _compare(args: argparse.Namespace) -> int:
     check_results_dir(out, "--out")
     place(scenario)
     images = load_images(scenario)
-    _init_ray(args.address)
+    address = args.address or os.environ.get("RAY_ADDRESS") or "local"
+    _check_reachable(address)
+    _init_ray(address)
 
     def done(name, result) -> None:
         print(

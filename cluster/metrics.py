@@ -13,6 +13,7 @@ fault kind or a hint outcome); never a GFN or a guest.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -336,9 +337,15 @@ class MetricsServer:
                 port, addr=addr, registry=self.registry
             )
         except OSError as exc:
+            # A name that does not resolve is the address's fault; anything
+            # else (in use, not permitted) the port's.
+            option = (
+                f"--metrics-addr {addr}"
+                if isinstance(exc, socket.gaierror)
+                else f"--metrics-port {port}"
+            )
             raise OSError(
-                f"--metrics-port {port}: cannot listen on {addr}: "
-                f"{exc.strerror or exc}"
+                f"{option}: cannot listen on {addr}: {exc.strerror or exc}"
             ) from exc
         self.addr = addr
         self.port = self._server.server_port

@@ -45,7 +45,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--host-memory",
         default=None,
-        help="memory of each of --hosts (default: the scenario's first)",
+        help="memory of each of --hosts, which it needs "
+        "(default: the scenario's first host's)",
     )
     p.add_argument(
         "--generate",
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("results") / (
         f"place-{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
     )
-    check_results_dir(out)
+    check_results_dir(out, option="--out")
 
     images = study.load_images(scenario)
     seed = scenario.seed if args.seed is None else args.seed
@@ -155,9 +156,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _size(value, parse_size) -> int:
-    if isinstance(value, int):
-        return value
-    return parse_size(value, "--host-memory")
+    from cluster.scenario import MAX_HOST_BYTES, format_size
+
+    size = (
+        value if isinstance(value, int) else parse_size(value, "--host-memory")
+    )
+    if size > MAX_HOST_BYTES:
+        raise CowsimError(
+            f"--host-memory {value}: more than a host may have "
+            f"({format_size(MAX_HOST_BYTES)})"
+        )
+    return size
 
 
 def _write(out: Path, rows: list, sweep: list, text: str) -> None:

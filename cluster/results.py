@@ -94,7 +94,12 @@ def summarize(result: RunResult) -> dict:
         [r for r in result.series if r["host"] == "cluster"]
     )
     cluster["hosts"] = len(s.hosts)
-    cluster["guests"] = len(s.guests)
+    # Guests running at the end: a failed host's guests that found no room
+    # elsewhere are gone.
+    cluster["guests"] = sum(len(h["guests"]) for h in hosts)
+    cluster["guests_lost"] = sum(
+        len(f["not_restarted"]) for f in result.failures
+    )
     return {
         "scenario": s.name,
         "seed": s.seed,
@@ -156,7 +161,7 @@ def check_results_dir(directory: Path, option: str = "--results") -> None:
         if parent.exists():
             if not parent.is_dir():
                 raise CowsimError(
-                    f"--results {directory}: {parent} is not a directory"
+                    f"{option} {directory}: {parent} is not a directory"
                 )
             break
     if directory.exists() and (
@@ -180,19 +185,27 @@ def _mib(n: int) -> str:
 
 def format_table(summary: dict) -> str:
     """The end-of-run table: one line per host and one for the cluster."""
+    rows = [
+        (
+            h["name"] + ("" if h.get("up", True) else " (down)"),
+            len(h["guests"]),
+            h,
+        )
+        for h in summary["hosts"]
+    ]
+    c = summary["cluster"]
+    rows.append(("cluster", c["guests"], c))
+    w = max(12, *(len(name) for name, _, _ in rows))
     head = (
-        f"{'host':<12} {'guests':>6} {'guest MiB':>10} {'used MiB':>10} "
+        f"{'host':<{w}} {'guests':>6} {'guest MiB':>10} {'used MiB':>10} "
         f"{'saved MiB':>10} {'potential':>10} {'found':>6} {'faults':>9}"
     )
     lines = [head, "-" * len(head)]
-    rows = [(h["name"], len(h["guests"]), h) for h in summary["hosts"]]
-    c = summary["cluster"]
-    rows.append(("cluster", c["guests"], c))
     for i, (name, n_guests, e) in enumerate(rows):
         if i == len(rows) - 1:
             lines.append("-" * len(head))
         lines.append(
-            f"{name:<12} {n_guests:>6} {_mib(e['guest_bytes']):>10} "
+            f"{name:<{w}} {n_guests:>6} {_mib(e['guest_bytes']):>10} "
             f"{_mib(e['machine_bytes_used']):>10} "
             f"{_mib(e['saved_bytes']):>10} "
             f"{_mib(e['potential_bytes']):>10} "
@@ -201,7 +214,7 @@ def format_table(summary: dict) -> str:
     by_source = ", ".join(
         f"{s} {_mib(v)} MiB"
         for s, v in c["saved_by_source_bytes"].items()
-        if v or s != "fork"
+        if v or s in ("zero", "disk", "library")
     )
     lines.append(f"saved by source: {by_source}")
     if c["bonus_pages"] or c["repaid_pages"]:
@@ -215,6 +228,13 @@ def format_table(summary: dict) -> str:
         lines.append(
             f"unsatisfied faults: {unsatisfied:,}; guests paused: "
             f"{c['guests_paused']} (see events in summary.json)"
+        )
+    for f in summary.get("failures", []):
+        lost = ", ".join(f["not_restarted"])
+        lines.append(
+            f"{f['host']} down at tick {f['tick']} ({f['how']}): "
+            f"{len(f['restarted'])} guests restarted elsewhere"
+            + (f", {len(f['not_restarted'])} lost ({lost})" if lost else "")
         )
     for event in summary.get("events", [])[:_EVENTS_SHOWN]:
         lines.append(

@@ -688,6 +688,13 @@ def _parse_guest(
             table.get("warmup_ticks", 0), f"{key}.warmup_ticks", 0
         ),
     )
+    pages = guest.memory_bytes // PAGE_SIZE
+    if guest.workload.transient_pages > pages:
+        context.fail(
+            f"{key}.workload.transient_pages",
+            f"{guest.workload.transient_pages} is more than the guest's "
+            f"{pages} pages",
+        )
     if guest.memory_bytes > room:
         size, largest = format_size(guest.memory_bytes), format_size(room)
         what = f"impossible size: {size} is more than the largest host"
@@ -753,7 +760,9 @@ def _unit_float(context: _Context, value: Any, key: str) -> float:
 def _parse_workload(context: _Context, value: Any, key: str) -> WorkloadSpec:
     table = context.as_table(value, key, _WORKLOAD_KEYS)
     pages = {
-        name: context.as_int(count, f"{key}.{name}", 0)
+        name: context.as_int(
+            count, f"{key}.{name}", 1 if name == "transient_ticks" else 0
+        )
         for name, count in table.items()
     }
     return WorkloadSpec(**pages)

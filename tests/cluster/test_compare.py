@@ -66,6 +66,7 @@ def test_compare_runs_each_strategy_on_the_same_guests(tmp_path):
         (["--strategies", "hints,magic"], "--strategies"),
         (["--strategies", ","], "--strategies"),
         (["--seed", "x"], "--seed"),
+        (["--address", "127.0.0.1:1"], "--address 127.0.0.1:1"),
     ],
 )
 def test_bad_command_line_is_one_line_and_exit_2(tmp_path, args, needle):

@@ -18,7 +18,7 @@ import ray
 
 from cluster.coordinator import Coordinator
 from cluster.failures import SummaryAffinity, down_row, restart_targets
-from cluster.results import summarize
+from cluster.results import format_table, summarize
 from cluster.scenario import PAGE_SIZE, HostSpec, ScenarioError, load_scenario
 from dedup.summary import ContentSummary
 from node.guest import GuestConfig
@@ -245,3 +245,22 @@ def test_sharing_aware_restart_in_a_run_reads_host_summaries(
     [failure] = result.failures
     assert failure["summary_bytes"] > 0
     assert set(failure["restarted"].values()) <= {"h-0"}
+
+
+def test_guests_that_fit_nowhere_are_reported_lost(tmp_path, local_ray):
+    extra = (
+        '\n[[failures]]\nhost = "h-0"\nat_tick = 2\n'
+        '\n[[failures]]\nhost = "h-1"\nat_tick = 4\n'
+    )
+    path = with_failure(small_scenario(tmp_path, ticks=6, batch=3), extra)
+    coordinator = Coordinator(load_scenario(path))
+    try:
+        summary = summarize(coordinator.run())
+    finally:
+        coordinator.shutdown()
+    cluster = summary["cluster"]
+    assert cluster["guests"] == 0
+    assert cluster["guests_lost"] == len(load_scenario(path).guests)
+    table = format_table(summary)
+    assert "h-1 (down)" in table
+    assert "lost (" in table

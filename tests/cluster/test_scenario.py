@@ -629,6 +629,18 @@ ERROR_CASES = {
         "guests[0].workload.burst_tick",
         "11 is after the last tick (10)",
     ),
+    "transient data never changes": (
+        'memory = "16MiB"\n',
+        'memory = "16MiB"\nworkload = { transient_ticks = 0 }\n',
+        "guests[0].workload.transient_ticks",
+        "must be >= 1",
+    ),
+    "more transient pages than the guest has": (
+        'memory = "16MiB"\n',
+        'memory = "16MiB"\nworkload = { transient_pages = 5000 }\n',
+        "guests[0].workload.transient_pages",
+        "5000 is more than the guest's 4096 pages",
+    ),
     "scenario name leaves the results folder": (
         "seed = 3",
         'name = "../escaped"\nseed = 3',
