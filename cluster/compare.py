@@ -171,8 +171,18 @@ def plot(
         "k--",
         label="potential",
     )
-    for name, rows in series.items():
-        ax.plot(t, [r["saved_bytes"] / MIB for r in rows], label=name)
+    # Markers and widths differ so that strategies with equal curves
+    # (hints and hints+ksm, often) stay apart.
+    for i, (name, rows) in enumerate(series.items()):
+        ax.plot(
+            t,
+            [r["saved_bytes"] / MIB for r in rows],
+            label=name,
+            marker="osv^Dx"[i % 6],
+            markevery=(i % 4, max(1, len(t) // 10)),
+            markerfacecolor="none",
+            lw=2.5 - 0.4 * (i % 4),
+        )
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("memory saved (MiB)")
     ax.set_title(title)

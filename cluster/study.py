@@ -360,6 +360,7 @@ def plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = 3 if sweep else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.6))
@@ -375,6 +376,7 @@ def plot(
     axes[1].set_title("memory saved, GiB (dashed: potential)")
     for ax in axes[:2]:
         ax.tick_params(axis="x", labelrotation=20)
+    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
     if sweep:
         labels = [summary_label(r["summary_bits"]) for r in sweep]
         ax = axes[2]
@@ -388,6 +390,7 @@ def plot(
             label="overfull hosts",
         )
         ax.set_title("sharing-aware by summary size")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(axis="x", labelrotation=35)
         ax.legend()
     fig.tight_layout()
