@@ -209,7 +209,7 @@ def format_table(summary: dict) -> str:
             f"{_mib(e['machine_bytes_used']):>10} "
             f"{_mib(e['saved_bytes']):>10} "
             f"{_mib(e['potential_bytes']):>10} "
-            f"{100 * e['found_fraction']:>5.1f}% {e['cow_faults']:>9,}"
+            f"{_found(e):>6} {e['cow_faults']:>9,}"
         )
     by_source = ", ".join(
         f"{s} {_mib(v)} MiB"
@@ -242,6 +242,13 @@ def format_table(summary: dict) -> str:
             f"{event['host']}, {event['pages']:,} writes found no frame"
         )
     return "\n".join(lines)
+
+
+def _found(entry: dict) -> str:
+    """Saved against potential; a host that is down has neither."""
+    if not entry.get("up", True):
+        return "-"
+    return f"{100 * entry['found_fraction']:.1f}%"
 
 
 # The table lists the first pause events; summary.json has all of them.
