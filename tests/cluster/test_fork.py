@@ -2,9 +2,6 @@
 scenario keys for stubs and clones."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,21 +11,12 @@ from cluster.plots import main as plots_main
 from cluster.plots import read_series
 from cluster.scenario import ScenarioError, load_scenario
 from cluster.study import shipped_path
-from tests.cluster.test_run import ROOT, small_scenario
+from tests.cluster.test_run import run_shipped, small_scenario
 
 
 def test_shipped_fork_scenario_and_its_curve(tmp_path):
     results = tmp_path / "out"
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "run", "fork"]
-        + ["--results", str(results), "--metrics-port", "0", "--quiet"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    done = run_shipped("fork", results)
     assert done.returncode == 0, done.stderr
     assert "fork" in done.stdout
     summary = json.loads((results / "summary.json").read_text())

@@ -2,9 +2,6 @@
 with bonus pages in a run, and the shipped migration scenario."""
 
 import json
-import os
-import subprocess
-import sys
 
 import ray
 
@@ -13,7 +10,7 @@ from cluster.coordinator import Coordinator
 from cluster.migration import consolidate, rebalance
 from cluster.results import summarize
 from cluster.scenario import GuestSpec, HostSpec, WorkloadSpec, load_scenario
-from tests.cluster.test_run import ROOT, small_scenario
+from tests.cluster.test_run import run_shipped, small_scenario
 
 MiB = 1 << 20
 
@@ -62,16 +59,7 @@ def test_rebalance_moves_the_largest_guest_off_a_short_host():
 
 def test_shipped_migration_scenario_end_to_end(tmp_path):
     results = tmp_path / "out"
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "run", "migration"]
-        + ["--results", str(results), "--metrics-port", "0", "--quiet"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    done = run_shipped("migration", results)
     assert done.returncode == 0, done.stderr
     summary = json.loads((results / "summary.json").read_text())
     moves = summary["migrations"]

@@ -97,6 +97,15 @@ def cowsim(*args: str, **kw) -> subprocess.Popen:
     )
 
 
+def run_shipped(name: str, results: Path) -> subprocess.CompletedProcess:
+    """``cowsim run NAME`` to the end, quietly, on a fresh local Ray."""
+    proc = cowsim(
+        "run", name, "--results", str(results), "--metrics-port", "0", "-q"
+    )
+    out, err = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def scrape(url: str) -> str | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
