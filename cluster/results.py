@@ -27,6 +27,7 @@ from cluster.coordinator import RunResult, cluster_row
 from cluster.scenario import dump_scenario
 from dedup.errors import CowsimError
 from dedup.hints import HINT_SOURCES, OUTCOMES, SOURCES
+from dedup.ksm import KSM_COUNTERS
 from node.host import FAULT_KINDS
 
 _FIELDS = (
@@ -66,6 +67,9 @@ def _entry(sample: dict) -> dict:
         s: sample[f"saved_{s}_bytes"] for s in (*SOURCES, "fork")
     }
     out["cow_faults_by_kind"] = {k: sample[f"faults_{k}"] for k in FAULT_KINDS}
+    # Counters of the KSM-style scanner (zeros on hosts without one); for
+    # the cluster, sums over hosts.
+    out["ksm"] = {name: sample[f"ksm_{name}"] for name in KSM_COUNTERS}
     out["hints"] = {
         s: {o: sample[f"hints_{s}_{o}"] for o in OUTCOMES}
         for s in HINT_SOURCES

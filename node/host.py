@@ -32,6 +32,7 @@ import numpy as np
 
 from dedup.content import PAGE_SIZE, SYNTHETIC_BASE
 from dedup.hints import OUTCOMES, SOURCES, HintBatch
+from dedup.ksm import KSM_COUNTERS
 from dedup.memory import HostMemory
 from dedup.repayment import Repayment
 from dedup.strategy import Detectors, Strategy, cpu_seconds, hint_work
@@ -212,7 +213,14 @@ class Host:
             "daemon_cpu_seconds": round(cpu_seconds(total), 9),
             "saved_byte_seconds": self._saved_byte_seconds,
             "potential_byte_seconds": self._potential_byte_seconds,
+            **self._ksm_counters(),
         }
+
+    def _ksm_counters(self) -> dict:
+        """The KSM scanner's counters (kernel meaning), zeros without one."""
+        ksm = self.detectors.ksm
+        counters = ksm.counters() if ksm is not None else {}
+        return {f"ksm_{name}": counters.get(name, 0) for name in KSM_COUNTERS}
 
     def digest(self) -> dict:
         """What content is resident here, for the cluster catalog.

@@ -99,3 +99,13 @@ def test_every_scanner_is_deterministic(images):
     again = run(images, strategy, transient=64).sample()
     assert first == again
     assert first["saved_scan_bytes"] > 0
+
+
+def test_samples_carry_the_ksm_scanners_counters(images):
+    host = run(images, KSM_ONLY)
+    s = host.sample()
+    counters = host.detectors.ksm.counters()
+    assert counters["pages_sharing"] > 0
+    assert {k: s[f"ksm_{k}"] for k in counters} == counters
+    plain = run(images).sample()
+    assert plain["ksm_pages_sharing"] == 0 and plain["ksm_full_scans"] == 0
