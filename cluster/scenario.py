@@ -27,25 +27,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
-import math
 import os
 import re
-import sys
-import sysconfig
-import tomllib
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from cluster.strategies import dump_strategy, parse_strategy
-from dedup.errors import CowsimError
+from cluster.fields import PAGE_SIZE as PAGE_SIZE
+from cluster.fields import Context, describe, read_toml, resolve_path
+from cluster.fields import ScenarioError as ScenarioError
+from cluster.fields import format_size as format_size
+from cluster.fields import parse_size as parse_size
+from cluster.scenario_dump import dump_scenario as dump_scenario
+from cluster.strategies import parse_strategy
 from dedup.strategy import Strategy
-
-PAGE_SIZE = 4096
-"""Bytes per page; every memory size in a scenario is a multiple of it."""
 
 DEFAULT_SCENARIO_PATH = Path(__file__).parent / "scenarios" / "default.toml"
 """The scenario :func:`load_scenario` reads when given no path."""
@@ -58,22 +54,6 @@ _BONUS = ("none", "proportional")
 MAX_HOST_BYTES = 256 * 2**30
 _IMAGE_NAME = re.compile(r"[a-z0-9_-]+")
 _ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
-_UNITS = {"": 1, "B": 1} | {
-    unit: 1024**power
-    for power, letter in enumerate("KMGT", start=1)
-    for unit in (letter, letter + "iB")
-}
-_SIZE_HINT = "use a number and a unit B, KiB, MiB, GiB or TiB"
-_PLACEHOLDERS = "{stdlib}, {purelib}, {platlib}, {prefix} or {package:NAME}"
-_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
-
-
-class ScenarioError(CowsimError):
-    """A scenario file is missing, malformed or describes an impossible run.
-
-    The message is one line naming the file and the dotted key at fault.
-    """
 
 
 @dataclass(frozen=True)
@@ -215,7 +195,7 @@ class Scenario:
 
     def with_seed(self, seed: int) -> Scenario:
         """Return a copy of this scenario that runs with another seed."""
-        _Context(self.source, "").as_int(seed, "seed", 0)
+        Context(self.source, "").as_int(seed, "seed", 0)
         return dataclasses.replace(self, seed=seed)
 
     def image(self, name: str) -> ImageSpec:
@@ -224,30 +204,6 @@ class Scenario:
             if image.name == name:
                 return image
         raise KeyError(name)
-
-
-def parse_size(value: int | str, where: str) -> int:
-    """Return a memory size in bytes: a positive multiple of PAGE_SIZE.
-
-    ``value`` is an integer number of bytes or a string such as ``"2GiB"``,
-    ``"512 MiB"`` or ``"1.5G"``: a decimal number and a binary unit among
-    B, KiB, MiB, GiB, TiB and their one-letter forms K, M, G, T. ``where``
-    starts the error message, e.g. ``"run.toml: hosts[0].memory"``.
-    """
-    nbytes = _size_bytes(value, where)
-    if nbytes <= 0:
-        _raise(f"{where}: size must be positive, got {value!r}")
-    if nbytes % PAGE_SIZE:
-        _raise(f"{where}: size {value!r} is not a multiple of {PAGE_SIZE}")
-    return nbytes
-
-
-def format_size(nbytes: int) -> str:
-    """Write ``nbytes`` with the largest binary unit that divides it."""
-    for unit in ("TiB", "GiB", "MiB", "KiB"):
-        if nbytes and nbytes % _UNITS[unit] == 0:
-            return f"{nbytes // _UNITS[unit]}{unit}"
-    return f"{nbytes}B"
 
 
 def load_scenario(path: str | os.PathLike[str] | None = None) -> Scenario:
@@ -260,146 +216,8 @@ def load_scenario(path: str | os.PathLike[str] | None = None) -> Scenario:
         file, source = str(DEFAULT_SCENARIO_PATH), _BUILT_IN_SOURCE
     else:
         file = source = os.fsdecode(path)
-    context = _Context(file, os.path.dirname(os.path.abspath(file)))
-    return _build(context, _read_toml(context), source)
-
-
-def dump_scenario(scenario: Scenario) -> str:
-    """Write ``scenario`` as TOML that loads back to an equal scenario.
-
-    The text is the resolved form: one entry per host and guest (each with
-    ``count = 1``), image paths expanded and every default written out.
-    """
-    blocks = [_dump_run(scenario)]
-    blocks += [_dump_host(host) for host in scenario.hosts]
-    blocks += [_dump_image(image) for image in scenario.images]
-    blocks += [_dump_guest(guest) for guest in scenario.guests]
-    blocks += [
-        _dump_table("[[failures]]", dataclasses.asdict(failure))
-        for failure in scenario.failures
-    ]
-    blocks += [
-        _dump_table("[[migrations]]", dataclasses.asdict(migration))
-        for migration in scenario.migrations
-    ]
-    return "\n".join(blocks)
-
-
-def _raise(message: str) -> NoReturn:
-    raise ScenarioError(" ".join(message.splitlines()))
-
-
-def _size_bytes(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        _raise(f"{where}: expected a size, got {_describe(value)}")
-    if isinstance(value, int):
-        return value
-    match = _SIZE.fullmatch(value)
-    if match is None or match.group(2) not in _UNITS:
-        _raise(f"{where}: cannot parse size {value!r}: {_SIZE_HINT}")
-    exact = Fraction(match.group(1)) * _UNITS[match.group(2)]
-    if exact.denominator != 1:
-        _raise(f"{where}: size {value!r} is not a whole number of bytes")
-    return int(exact)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    label = _TYPE_NAMES.get(type(value), type(value).__name__)
-    text = repr(value)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    return f"{label} {text}"
-
-
-_TYPE_NAMES = {int: "integer", float: "float", str: "string"}
-_TYPE_NAMES.update({list: "array", dict: "table"})
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-_Keys = tuple[str, ...]
-
-
-class _Context:
-    """The file being read: names it in errors, anchors relative paths.
-
-    The ``as_*`` methods check one value and return it; ``key`` is its
-    dotted path, as printed in the error.
-    """
-
-    def __init__(self, file: str, base_dir: str) -> None:
-        self.file = file
-        self.base_dir = base_dir
-
-    def fail(self, key: str, what: str) -> NoReturn:
-        _raise(f"{self.file}: {key}: {what}")
-
-    def as_int(self, value: Any, key: str, minimum: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(key, f"expected an integer, got {_describe(value)}")
-        if value < minimum:
-            self.fail(key, f"must be >= {minimum}, got {value}")
-        return value
-
-    def as_float(self, value: Any, key: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(key, f"expected a number, got {_describe(value)}")
-        if not math.isfinite(value):
-            self.fail(key, f"must be finite, got {value}")
-        return float(value)
-
-    def as_bool(self, value: Any, key: str) -> bool:
-        if not isinstance(value, bool):
-            got = _describe(value)
-            self.fail(key, f"expected true or false, got {got}")
-        return value
-
-    def as_str(self, value: Any, key: str) -> str:
-        if not isinstance(value, str):
-            self.fail(key, f"expected a string, got {_describe(value)}")
-        if not value:
-            self.fail(key, "must not be empty")
-        return value
-
-    def as_str_list(self, value: Any, key: str) -> list[str]:
-        if not isinstance(value, list):
-            self.fail(key, f"expected an array, got {_describe(value)}")
-        return [
-            self.as_str(item, f"{key}[{index}]")
-            for index, item in enumerate(value)
-        ]
-
-    def as_size(self, value: Any, key: str) -> int:
-        return parse_size(value, f"{self.file}: {key}")
-
-    def as_table(
-        self, value: Any, key: str, allowed: _Keys, required: _Keys = ()
-    ) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            self.fail(key, f"expected a table, got {_describe(value)}")
-        for name in value:
-            if name not in allowed:
-                self.fail(_join(key, name), "unknown key")
-        for name in required:
-            if name not in value:
-                self.fail(_join(key, name), "missing required key")
-        return value
-
-
-def _read_toml(context: _Context) -> dict[str, Any]:
-    try:
-        with open(context.file, "rb") as handle:
-            return tomllib.load(handle)
-    except OSError as error:
-        context.fail("(file)", f"cannot read: {error.strerror or error}")
-    except UnicodeDecodeError as error:
-        context.fail("(file)", f"not UTF-8 text: {error.reason}")
-    except tomllib.TOMLDecodeError as error:
-        context.fail("(syntax)", f"invalid TOML: {error}")
+    context = Context(file, os.path.dirname(os.path.abspath(file)))
+    return _build(context, read_toml(context), source)
 
 
 _TOP_KEYS = tuple(
@@ -420,7 +238,7 @@ _GUEST_REQUIRED = ("name", "image", "memory")
 _WORKLOAD_KEYS = tuple(f.name for f in dataclasses.fields(WorkloadSpec))
 
 
-def _build(context: _Context, raw: dict[str, Any], source: str) -> Scenario:
+def _build(context: Context, raw: dict[str, Any], source: str) -> Scenario:
     top = context.as_table(raw, "", _TOP_KEYS, _TOP_REQUIRED)
     settings = _parse_settings(context, top)
     hosts = _expand_section(context, top["hosts"], "hosts", _parse_host)
@@ -440,7 +258,7 @@ def _build(context: _Context, raw: dict[str, Any], source: str) -> Scenario:
 
 
 def _parse_events(
-    context: _Context,
+    context: Context,
     top: dict[str, Any],
     settings: dict[str, Any],
     hosts: Sequence[HostSpec],
@@ -497,16 +315,16 @@ _AT_HOST = ("host", "at_tick")
 
 
 def _event_list(
-    context: _Context, top: dict[str, Any], section: str
+    context: Context, top: dict[str, Any], section: str
 ) -> list[Any]:
     value = top.get(section, [])
     if not isinstance(value, list):
-        got = _describe(value)
+        got = describe(value)
         context.fail(section, f"expected an array of tables, got {got}")
     return value
 
 
-def _parse_settings(context: _Context, top: dict[str, Any]) -> dict[str, Any]:
+def _parse_settings(context: Context, top: dict[str, Any]) -> dict[str, Any]:
     seconds = context.as_float(top["tick_seconds"], "tick_seconds")
     if seconds <= 0:
         context.fail("tick_seconds", f"must be > 0, got {seconds}")
@@ -527,14 +345,14 @@ def _parse_settings(context: _Context, top: dict[str, Any]) -> dict[str, Any]:
 
 # A section parser checks one [[hosts]] or [[guests]] entry and returns its
 # count and a spec carrying the entry's own name, renamed on expansion.
-_EntryParser = Callable[[_Context, Any, str], tuple[int, Any]]
+_EntryParser = Callable[[Context, Any, str], tuple[int, Any]]
 
 
 def _expand_section(
-    context: _Context, value: Any, section: str, parse: _EntryParser
+    context: Context, value: Any, section: str, parse: _EntryParser
 ) -> tuple[Any, ...]:
     if not isinstance(value, list):
-        got = _describe(value)
+        got = describe(value)
         context.fail(section, f"expected an array of tables, got {got}")
     if not value:
         context.fail(section, f"at least one [[{section}]] entry is needed")
@@ -553,7 +371,7 @@ def _expand_section(
     return tuple(specs)
 
 
-def _entry_name(context: _Context, value: Any, key: str) -> str:
+def _entry_name(context: Context, value: Any, key: str) -> str:
     name = context.as_str(value, key)
     if not _ENTRY_NAME.fullmatch(name):
         what = f"bad name {name!r}: use {_ENTRY_NAME.pattern}"
@@ -562,7 +380,7 @@ def _entry_name(context: _Context, value: Any, key: str) -> str:
 
 
 def _parse_host(
-    context: _Context, entry: Any, key: str
+    context: Context, entry: Any, key: str
 ) -> tuple[int, HostSpec]:
     table = context.as_table(entry, key, _HOST_KEYS, ("memory",))
     host = HostSpec(
@@ -583,9 +401,9 @@ def _parse_host(
     return context.as_int(table.get("count", 1), f"{key}.count", 1), host
 
 
-def _parse_images(context: _Context, value: Any) -> tuple[ImageSpec, ...]:
+def _parse_images(context: Context, value: Any) -> tuple[ImageSpec, ...]:
     if not isinstance(value, dict):
-        context.fail("images", f"expected a table, got {_describe(value)}")
+        context.fail("images", f"expected a table, got {describe(value)}")
     if not value:
         context.fail("images", "at least one [images.NAME] table is needed")
     return tuple(
@@ -593,7 +411,7 @@ def _parse_images(context: _Context, value: Any) -> tuple[ImageSpec, ...]:
     )
 
 
-def _parse_image(context: _Context, name: str, entry: Any) -> ImageSpec:
+def _parse_image(context: Context, name: str, entry: Any) -> ImageSpec:
     key = f"images.{name}"
     if not _IMAGE_NAME.fullmatch(name):
         context.fail(key, f"bad image name {name!r}: use [a-z0-9_-]+")
@@ -606,7 +424,7 @@ def _parse_image(context: _Context, name: str, entry: Any) -> ImageSpec:
     return ImageSpec(
         name=name,
         paths=tuple(
-            _resolve_path(context, path, f"{key}.paths[{index}]")
+            resolve_path(context, path, f"{key}.paths[{index}]")
             for index, path in enumerate(paths)
         ),
         exclude=tuple(context.as_str_list(exclude, f"{key}.exclude")),
@@ -614,47 +432,8 @@ def _parse_image(context: _Context, name: str, entry: Any) -> ImageSpec:
     )
 
 
-def _resolve_path(context: _Context, text: str, key: str) -> str:
-    def expand(match: re.Match[str]) -> str:
-        return _placeholder(context, match, key)
-
-    expanded = _PLACEHOLDER.sub(expand, text)
-    path = os.path.normpath(os.path.join(context.base_dir, expanded))
-    if not os.path.exists(path):
-        context.fail(key, f"{path!r} does not exist")
-    return path
-
-
-def _placeholder(context: _Context, match: re.Match[str], key: str) -> str:
-    token = match.group(0)
-    if token in ("{{", "}}"):
-        return token[0]
-    name = match.group(1)
-    if name in ("stdlib", "purelib", "platlib"):
-        return sysconfig.get_paths()[name]
-    if name == "prefix":
-        return sys.prefix
-    if name.startswith("package:"):
-        return _package_path(context, name.removeprefix("package:"), key)
-    context.fail(key, f"unknown placeholder {token}: use {_PLACEHOLDERS}")
-
-
-def _package_path(context: _Context, package: str, key: str) -> str:
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        context.fail(key, f"package {package!r} is not installed")
-    if spec.submodule_search_locations:
-        return list(spec.submodule_search_locations)[0]
-    if spec.origin and os.path.isfile(spec.origin):
-        return spec.origin
-    context.fail(key, f"package {package!r} has no file to read")
-
-
 def _parse_guest(
-    context: _Context,
+    context: Context,
     entry: Any,
     key: str,
     images: set[str],
@@ -710,7 +489,7 @@ def _parse_guest(
 
 
 def _clone(
-    context: _Context,
+    context: Context,
     table: dict[str, Any],
     key: str,
     guest: GuestSpec,
@@ -736,7 +515,7 @@ def _clone(
 
 
 def _choice(
-    context: _Context, value: Any, key: str, choices: Collection[str]
+    context: Context, value: Any, key: str, choices: Collection[str]
 ) -> str:
     choice = context.as_str(value, key)
     if choice not in choices:
@@ -745,19 +524,19 @@ def _choice(
     return choice
 
 
-def _fraction(context: _Context, table: dict[str, Any], key: str) -> float:
+def _fraction(context: Context, table: dict[str, Any], key: str) -> float:
     key = f"{key}.boot_read_fraction"
     return _unit_float(context, table.get("boot_read_fraction", 0.5), key)
 
 
-def _unit_float(context: _Context, value: Any, key: str) -> float:
+def _unit_float(context: Context, value: Any, key: str) -> float:
     fraction = context.as_float(value, key)
     if not 0.0 <= fraction <= 1.0:
         context.fail(key, f"must be between 0 and 1, got {fraction}")
     return fraction
 
 
-def _parse_workload(context: _Context, value: Any, key: str) -> WorkloadSpec:
+def _parse_workload(context: Context, value: Any, key: str) -> WorkloadSpec:
     table = context.as_table(value, key, _WORKLOAD_KEYS)
     pages = {
         name: context.as_int(
@@ -769,7 +548,7 @@ def _parse_workload(context: _Context, value: Any, key: str) -> WorkloadSpec:
 
 
 def _check_total_memory(
-    context: _Context, hosts: Sequence[HostSpec], guests: Sequence[GuestSpec]
+    context: Context, hosts: Sequence[HostSpec], guests: Sequence[GuestSpec]
 ) -> None:
     host_bytes = sum(host.memory_bytes for host in hosts)
     guest_bytes = sum(guest.memory_bytes for guest in guests)
@@ -779,81 +558,10 @@ def _check_total_memory(
         context.fail("guests", f"{what} {host}")
 
 
-def _check_bursts(context: _Context, raw: list, ticks: int) -> None:
+def _check_bursts(context: Context, raw: list, ticks: int) -> None:
     """A burst after the last tick would silently never happen."""
     for index, entry in enumerate(raw):
         burst = entry.get("workload", {}).get("burst_tick", 0)
         if burst > ticks:
             key = f"guests[{index}].workload.burst_tick"
             context.fail(key, f"{burst} is after the last tick ({ticks})")
-
-
-def _dump_run(scenario: Scenario) -> str:
-    settings = {key: getattr(scenario, key) for key in _TOP_KEYS[:5]}
-    settings["repayment_invariant"] = scenario.repayment_invariant
-    settings["migration_policy"] = scenario.migration_policy
-    settings["placement_policy"] = scenario.placement_policy
-    return _dump_table(
-        "# A cowsim scenario, resolved: one entry per host and guest,\n"
-        "# image paths expanded and every default written out.",
-        settings,
-    )
-
-
-def _dump_host(host: HostSpec) -> str:
-    memory = format_size(host.memory_bytes)
-    fields = {"name": host.name, "count": 1, "memory": memory}
-    return _dump_table("[[hosts]]", fields) + dump_strategy(host.strategy)
-
-
-def _dump_image(image: ImageSpec) -> str:
-    # Braces in a real path are doubled so that they are not read back as
-    # placeholders.
-    paths = [p.replace("{", "{{").replace("}", "}}") for p in image.paths]
-    fields = {"paths": paths, "exclude": list(image.exclude)}
-    fields["max_size"] = format_size(image.max_bytes)
-    return _dump_table(f"[images.{image.name}]", fields)
-
-
-def _dump_guest(guest: GuestSpec) -> str:
-    fields = {"name": guest.name, "count": 1} | dataclasses.asdict(guest)
-    if not guest.clone_of:
-        del fields["clone_of"]
-    fields["memory_bytes"] = format_size(guest.memory_bytes)
-    fields = {key.removesuffix("_bytes"): v for key, v in fields.items()}
-    workload = _dump_table("[guests.workload]", fields.pop("workload"))
-    return _dump_table("[[guests]]", fields) + "\n" + workload
-
-
-def _dump_table(header: str, fields: dict[str, Any]) -> str:
-    lines = [header]
-    lines += [f"{key} = {_dump_value(value)}" for key, value in fields.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _dump_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return _dump_str(value)
-    if not value:
-        return "[]"
-    items = "".join(f"    {_dump_value(item)},\n" for item in value)
-    return f"[\n{items}]"
-
-
-def _dump_str(text: str) -> str:
-    # A TOML basic string escapes quotes, backslashes and control
-    # characters; everything else, non-ASCII included, is written as is.
-    def escape(match: re.Match[str]) -> str:
-        char = match.group(0)
-        if char in '"\\':
-            return "\\" + char
-        return f"\\u{ord(char):04x}"
-
-    return '"' + _NEEDS_ESCAPE.sub(escape, text) + '"'
-
-
-_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f]')
