@@ -5,6 +5,9 @@
 fills its guests with disk blocks of a shared base image and logically
 zero pages, and measures on those same pages:
 
+- **allocator**: one hint batch with glibc's and numpy's default
+  allocation settings, then with the settings host actors use
+  (``node.tuning``: freed memory kept for reuse, no huge-page advice);
 - **hints**: the CoW daemon verifying and sharing a batch of disk and zero
   hints with the vectorised engine (``HintTable.process``), against a
   per-page Python loop doing the same work on a sample of the same hints.
@@ -43,6 +46,7 @@ from dedup.hints import DISK, ZERO, ZERO_KEY, HintBatch, HintTable, disk_keys
 from dedup.ksm import KsmParams, KsmScanner
 from dedup.ksm_reference import ReferenceKsm
 from dedup.memory import HostMemory
+from node.tuning import tune_allocator
 
 GUESTS = 8
 IMAGE_BLOCKS = 1 << 18
@@ -234,12 +238,29 @@ def bench_ksm(n_frames: int, seed: int, sample: int) -> BenchRow:
     return BenchRow("ksm", 2 * memory.guest_pages(), fast, slow, "pages")
 
 
+def bench_allocator(n_frames: int, seed: int) -> BenchRow:
+    """One hint batch with the allocator's defaults, then tuned as host
+    actors tune it (``node.tuning``); leaves the process tuned."""
+    rates = []
+    for tune in (False, True):
+        if tune:
+            tune_allocator()
+        memory, batch = build_host(n_frames, seed)
+        start = time.perf_counter()
+        HintTable().process(memory, batch)
+        rates.append(len(batch) / (time.perf_counter() - start))
+    return BenchRow("allocator", len(batch), rates[1], rates[0], "hints")
+
+
 def run_bench(
     n_frames: int = 1 << 22, seed: int = 0, sample: int = 100_000
 ) -> list[BenchRow]:
-    """Every benchmark, in one process, back to back."""
+    """Every benchmark, in one process, back to back. The allocator row
+    comes first, while the process still has glibc's defaults; the
+    others run tuned, as in a host actor."""
     sample = min(sample, n_frames // 2)
     return [
+        bench_allocator(n_frames, seed),
         bench_hints(n_frames, seed, sample),
         bench_distinct(n_frames, seed),
         bench_memory(n_frames, seed),

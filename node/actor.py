@@ -16,6 +16,7 @@ from node.guest import GuestConfig
 from node.host import Host
 from node.image import Image
 from node.migration import GuestImage, emigrate, immigrate
+from node.tuning import tune_allocator
 
 
 @ray.remote
@@ -32,6 +33,7 @@ class HostActor:
         repayment_invariant: bool = True,
         strategy: Strategy | None = None,
     ) -> None:
+        tune_allocator()
         self.host = Host(
             name,
             index,
