@@ -275,9 +275,7 @@ def _compare(args: argparse.Namespace) -> int:
     check_results_dir(out, "--out")
     place(scenario)
     images = load_images(scenario)
-    address = args.address or os.environ.get("RAY_ADDRESS") or "local"
-    _check_reachable(address)
-    _init_ray(address)
+    _init_ray(_ray_address(args.address))
 
     def done(name, result) -> None:
         print(
@@ -366,9 +364,7 @@ def _execute(args, scenario, results: Path) -> int:
     # Everything that can reject the input runs before Ray starts.
     place(scenario)
     images = load_images(scenario)
-    # "local" starts a fresh instance even when another one runs here.
-    address = args.address or os.environ.get("RAY_ADDRESS") or "local"
-    _check_reachable(address)
+    address = _ray_address(args.address)
     state = RunState()
     try:
         server = MetricsServer(state, args.metrics_port, args.metrics_addr)
@@ -450,6 +446,14 @@ def _init_ray(address: str) -> None:
     except (ConnectionError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
         raise CowsimError(f"--address {address}: {first}") from exc
+
+
+def _ray_address(arg: str | None) -> str:
+    """``--address``, else ``RAY_ADDRESS``, else "local", which starts a
+    fresh instance even when another one runs here; checked reachable."""
+    address = arg or os.environ.get("RAY_ADDRESS") or "local"
+    _check_reachable(address)
+    return address
 
 
 def _check_reachable(address: str) -> None:

@@ -27,7 +27,7 @@ from cluster.coordinator import RunResult, cluster_row
 from cluster.scenario import dump_scenario
 from dedup.errors import CowsimError
 from dedup.hints import HINT_SOURCES, OUTCOMES, SOURCES
-from dedup.ksm import KSM_COUNTERS
+from dedup.ksm import COUNTERS as KSM_COUNTERS
 from node.host import FAULT_KINDS
 
 _FIELDS = (

@@ -87,20 +87,6 @@ ZERO_CHECKSUM = int(page_checksum32(np.array([ZERO_CONTENT]))[0])
 """Checksum of the all-zero page."""
 
 
-# The counters of ``KsmScanner.counters``, as /sys/kernel/mm/ksm names them.
-KSM_COUNTERS = (
-    "pages_shared",
-    "pages_sharing",
-    "pages_unshared",
-    "pages_volatile",
-    "full_scans",
-    "pages_scanned",
-    "stable_node_chains",
-    "stable_node_dups",
-    "ksm_zero_pages",
-)
-
-
 @dataclass(frozen=True)
 class KsmParams:
     """KSM's tunables, with the kernel's names and defaults."""
@@ -117,6 +103,7 @@ class KsmParams:
             )
 
 
+# The counters of ``KsmScanner.counters``, as /sys/kernel/mm/ksm names them.
 COUNTERS = (
     "pages_shared",
     "pages_sharing",

@@ -22,6 +22,7 @@ import numpy as np
 from dedup.arrays import unique
 from dedup.memory import HostMemory
 from dedup.summary import ContentSummary
+from node.guest import draw_boot_blocks
 from node.image import Image
 
 
@@ -47,8 +48,7 @@ def boot_blocks(
     generator (``[seed, index]``), so both see the same blocks.
     """
     rng = np.random.default_rng([seed, index])
-    n_boot = round(boot_read_fraction * image.n_blocks)
-    blocks = np.sort(rng.choice(image.n_blocks, n_boot, replace=False))
+    blocks = draw_boot_blocks(rng, image.n_blocks, boot_read_fraction)
     spans = [
         np.arange(lib.first_block, lib.first_block + lib.n_blocks)
         for lib in (image.libraries() if map_libraries else ())

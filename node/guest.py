@@ -102,6 +102,15 @@ class GuestConfig:
         return self.pages
 
 
+def draw_boot_blocks(
+    rng: np.random.Generator, n_blocks: int, boot_read_fraction: float
+) -> np.ndarray:
+    """Sorted image blocks a guest reads at boot: the first draw of its
+    generator, which placement replays to know what a guest will bring."""
+    n_boot = round(boot_read_fraction * n_blocks)
+    return np.sort(rng.choice(n_blocks, n_boot, replace=False))
+
+
 class Guest:
     """One domain: its workload state and the hints it emits."""
 
@@ -146,9 +155,9 @@ class Guest:
 
     def boot(self, write: Writer, fresh: ContentSource) -> None:
         """Read boot blocks, map libraries, report untouched memory."""
-        n_blocks = self.image.n_blocks
-        n_boot = round(self.config.boot_read_fraction * n_blocks)
-        blocks = np.sort(self.rng.choice(n_blocks, n_boot, replace=False))
+        blocks = draw_boot_blocks(
+            self.rng, self.image.n_blocks, self.config.boot_read_fraction
+        )
         self.read_blocks(blocks, write, fresh)
         if self.config.map_libraries:
             for lib in self.image.libraries():

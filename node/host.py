@@ -32,7 +32,7 @@ import numpy as np
 
 from dedup.content import PAGE_SIZE, SYNTHETIC_BASE
 from dedup.hints import OUTCOMES, SOURCES, HintBatch
-from dedup.ksm import KSM_COUNTERS
+from dedup.ksm import COUNTERS as KSM_COUNTERS
 from dedup.memory import HostMemory
 from dedup.repayment import Repayment
 from dedup.strategy import Detectors, Strategy, cpu_seconds, hint_work
